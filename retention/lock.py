@@ -21,6 +21,12 @@ from retention.errors import AuditError, LockHeld
 LOCK_NAME = "retention-run"
 
 
+def server_lock_name(engine: sa.Engine) -> str:
+    """The advisory lock's name: per database, since MariaDB's GET_LOCK is server-wide and two
+    jobs on two databases of one server must not block each other."""
+    return f"{LOCK_NAME}:{engine.url.database or ''}"[:64]
+
+
 class RunLock:
     def __init__(self, audit_path: Path, engines: dict[str, sa.Engine], dry_run: bool = False) -> None:
         self.path = audit_path.with_name(audit_path.name + ".lock")
@@ -46,7 +52,7 @@ class RunLock:
                 if engine.dialect.name == "sqlite":
                     continue
                 conn = engine.connect()
-                if not dialects.try_server_lock(conn, LOCK_NAME):
+                if not dialects.try_server_lock(conn, server_lock_name(engine)):
                     conn.close()
                     raise LockHeld(
                         f"another retention run (another host?) holds the server lock on database '{name}'; "
@@ -65,7 +71,7 @@ class RunLock:
                  tb: TracebackType | None) -> None:
         for conn in self._conns:
             try:
-                dialects.release_server_lock(conn, LOCK_NAME)
+                dialects.release_server_lock(conn, server_lock_name(conn.engine))
                 conn.commit()
                 conn.close()
             except Exception:
