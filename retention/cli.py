@@ -279,7 +279,7 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
                                  until=day(until, "--until"), policies=policies, run=run_id)
     if fmt == "html":
         verification = audit_mod.verify(path, key)
-        click.echo(auditreport.render_html(runs, verification, verification.head), nl=False)
+        click.echo(auditreport.render_html(runs, verification, audit_mod.head(path)), nl=False)
     else:
         render = {"text": auditreport.render_text, "json": auditreport.render_json,
                   "csv": auditreport.render_csv}[fmt]
