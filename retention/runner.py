@@ -21,7 +21,7 @@ from typing import Any
 import pendulum
 import sqlalchemy as sa
 
-from retention import __version__, audit, purge, recovery
+from retention import __version__, audit, monitor, purge, recovery
 from retention.dates import cutoff
 from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
 from retention.execution import Executor
@@ -138,6 +138,8 @@ def execute_run(
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
 
         recovery.recover(log_, run_id, model, connected)
+        if not dry_run:
+            monitor.ping(model.monitor.url, "start", run_id)
 
         order = run_order(selected, connected.schemas, model.database_of)
         plans: list[Plan] = []
@@ -237,6 +239,9 @@ def execute_run(
             result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
+        if not dry_run:
+            summary = f"{run_id} {result.status} exit {result.exit_code}"
+            monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
 
 
