@@ -7,6 +7,7 @@ mistake. Nothing here touches a database.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -15,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 
 from retention import strategies
 from retention.errors import PolicyFileError
-from retention.policy import PolicyFile
+from retention.policy import Audit, Database, Monitor, Policy, PolicyFile, consistency_problems
 
 Loc = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+# Filled in by the loader: a file may not set them.
+_INTERNAL = ("source", "source_sha256", "locations")
 # Only these parts of the file are expanded: they are where secrets and per-host paths live.
 _EXPANDED = ("databases", "audit", "monitor")
 
@@ -118,16 +121,44 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: _Problems) -
     return _VAR.sub(substitute, value)
 
 
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the file may use in the mapping at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] | None = None
+    if len(loc) == 0:
+        model = PolicyFile
+    elif len(loc) == 2 and loc[0] == "policies" and isinstance(loc[1], int):
+        model = Policy
+    elif len(loc) == 2 and loc[0] == "databases":
+        model = Database
+    elif loc == ("audit",):
+        model = Audit
+    elif loc == ("monitor",):
+        model = Monitor
+    return [k for k in model.model_fields if k not in _INTERNAL] if model else []
+
+
+def _unknown_key(loc: Loc) -> str:
+    valid = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    if close:
+        return f"unknown key; did you mean '{close[0]}'?"
+    return f"unknown key; valid: {', '.join(valid)}" if valid else "unknown key"
+
+
 def _pydantic_problems(exc: ValidationError, problems: _Problems) -> None:
     for err in exc.errors():
         loc: Loc = tuple(err["loc"])
         kind = err["type"]
+        if loc and loc[0] in _INTERNAL:
+            continue  # reported as an unknown key by _cross_checks
         if kind == "extra_forbidden":
-            problems.add(loc, "unknown key")
+            problems.add(loc, _unknown_key(loc))
             continue
         if kind == "missing":
             problems.add(loc, "is required")
             continue
+        if kind == "value_error" and len(loc) == 2 and loc[0] == "policies" and isinstance(loc[1], int):
+            continue  # a policy's cross-key check: reported by _cross_checks, with all the others
         msg = err["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
@@ -138,32 +169,48 @@ def _pydantic_problems(exc: ValidationError, problems: _Problems) -> None:
         problems.add(loc, msg)
 
 
-def _cross_checks(model: PolicyFile, data: dict[str, Any], problems: _Problems) -> None:
+def _cross_checks(data: dict[str, Any], problems: _Problems) -> None:
+    """Checks across keys and policies, on the raw data: they run even where the model did not
+    validate, so that every mistake of a file is reported at once."""
+    for key in _INTERNAL:
+        if key in data:
+            problems.add((key,), _unknown_key((key,)))
+    locale = data.get("locale", "nl_NL")
+    if isinstance(locale, str):
+        try:
+            strategies.check_locale(locale)  # first: fake.<provider> is checked in this locale
+        except ValueError as exc:
+            problems.add(("locale",), str(exc))
+    databases = data.get("databases")
+    names = [str(n) for n in databases] if isinstance(databases, dict) else None
+    policies = data.get("policies")
+    if not isinstance(policies, list):
+        return
     seen: dict[str, int] = {}
-    for i, policy in enumerate(model.policies):
+    for i, policy in enumerate(policies):
+        if not isinstance(policy, dict):
+            continue
         loc: Loc = ("policies", i)
-        if policy.name in seen:
-            problems.add(loc + ("name",), f"duplicate policy name (also policy #{seen[policy.name] + 1})")
-        seen.setdefault(policy.name, i)
-        if policy.database is None and len(model.databases) > 1:
-            problems.add(loc + ("database",), "is required when the file names several databases")
-        elif policy.database is not None and policy.database not in model.databases:
-            problems.add(
-                loc + ("database",),
-                f"unknown database {policy.database!r}; defined: {', '.join(model.databases)}",
-            )
-        for column, strategy in (policy.fields or {}).items():
-            error = strategies.check_name(strategy)
-            if error:
-                problems.add(loc + ("fields", column), error)
-        for key in ("exclude", "where"):
-            for column, value in getattr(policy, key).items():
-                if isinstance(value, (dict, list)):
-                    problems.add(loc + (key, column), "expects a single value per column")
-    try:
-        strategies.check_locale(model.locale)
-    except ValueError as exc:
-        problems.add(("locale",), str(exc))
+        name = policy.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.add(loc + ("name",), f"duplicate policy name (also policy #{seen[name] + 1})")
+            seen.setdefault(name, i)
+        database = policy.get("database")
+        if names:
+            if database is None and len(names) > 1:
+                problems.add(loc + ("database",), "is required when the file names several databases")
+            elif isinstance(database, str) and database not in names:
+                problems.add(loc + ("database",), f"unknown database {database!r}; defined: {', '.join(names)}")
+        fields = policy.get("fields")
+        if isinstance(fields, dict):
+            for column, strategy in fields.items():
+                if strategy is None or isinstance(strategy, str):
+                    error = strategies.check_name(strategy)
+                    if error:
+                        problems.add(loc + ("fields", column), error)
+        for key, message in consistency_problems(policy):
+            problems.add(loc + (key,), message)
 
 
 def _resolve_paths(model: PolicyFile, base: Path) -> PolicyFile:
@@ -214,9 +261,12 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        problem = exc.problem or "invalid YAML"
+        problem = f"invalid YAML: {exc.problem or 'cannot be read'}"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in (exc.problem or ""):
             problem = f"{exc.problem}: only plain YAML is allowed (no !!python or custom tags)"
+        elif exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != mark.line:
+            # The mistake is often where the construct began (an unclosed '['), not where it was noticed.
+            problem += f" ({exc.context} that starts on line {exc.context_mark.line + 1})"
         raise PolicyFileError([f"{path}{line}: {problem}"]) from None
     except yaml.YAMLError as exc:
         raise PolicyFileError([f"{path}: invalid YAML: {exc}"]) from None
@@ -238,8 +288,7 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
         model = PolicyFile.model_validate(expanded)
     except ValidationError as exc:
         _pydantic_problems(exc, problems)
-    if model is not None:
-        _cross_checks(model, data, problems)
+    _cross_checks(expanded, problems)
     problems.raise_if_any()
     assert model is not None
     model = _resolve_paths(model, path.resolve().parent)

@@ -121,10 +121,12 @@ def bulk_update(
         arrays = [sa.bindparam(f"k_{i}", values[n], type_=postgresql.ARRAY(table.c[n].type))
                   for i, n in enumerate(names)]
         keyarr = sa.bindparam("k_key", list(keys), type_=postgresql.ARRAY(key.type))
-        src = sa.func.unnest(keyarr, *arrays).table_valued("k", *names).alias("rt_src")
+        # render_derived: "AS rt_src(k, col, ...)", without which PostgreSQL names the
+        # unnest output columns itself and "rt_src.k" does not exist.
+        src = sa.func.unnest(keyarr, *arrays).table_valued("rt_key", *names).render_derived(name="rt_src")
         stmt = (
             table.update()
-            .where(key == src.c.k)
+            .where(key == src.c.rt_key)
             .values({n: src.c[n] for n in names})
         )
         conn.execute(stmt)
@@ -134,15 +136,15 @@ def bulk_update(
         tmp = sa.Table(
             "rt_fake_values",
             sa.MetaData(),
-            sa.Column("k", key.type, primary_key=True),
+            sa.Column("rt_key", key.type, primary_key=True),
             *[sa.Column(n, table.c[n].type) for n in names],
             prefixes=["TEMPORARY"],
         )
         tmp.create(conn, checkfirst=False)
         try:
-            rows = [{"k": k, **{n: values[n][i] for n in names}} for i, k in enumerate(keys)]
+            rows = [{"rt_key": k, **{n: values[n][i] for n in names}} for i, k in enumerate(keys)]
             conn.execute(tmp.insert(), rows)
-            conn.execute(table.update().where(key == tmp.c.k).values({n: tmp.c[n] for n in names}))
+            conn.execute(table.update().where(key == tmp.c.rt_key).values({n: tmp.c[n] for n in names}))
         finally:
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE {conn.dialect.identifier_preparer.quote(tmp.name)}")
         return

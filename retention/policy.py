@@ -7,6 +7,7 @@ expands ``${VAR}`` and turns pydantic's error locations into ``file:line`` messa
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,7 +19,6 @@ PURGE_LEVELS: tuple[str, ...] = ("none", "standard", "thorough")
 ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise")
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-Scalar = str | int | float | bool | None
 
 
 def _period(value: Any) -> Period:
@@ -33,6 +33,55 @@ def _period(value: Any) -> Period:
 def _one_of(value: Any, valid: tuple[str, ...], what: str) -> str:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def _maybe_period(value: Any) -> Period | None:
+    try:
+        return _period(value)
+    except ValueError:
+        return None
+
+
+def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems between the keys of one policy, as (key, message).
+
+    Works on raw (unvalidated) values too, so that the loader can report them next to a
+    policy's other mistakes: a value that is itself invalid is skipped here (it has its own
+    error).
+    """
+    out: list[tuple[str, str]] = []
+    retain, minimum = _maybe_period(values.get("retain")), _maybe_period(values.get("minimum"))
+    if retain is not None and minimum is not None and not retain.at_least(minimum):
+        out.append(("retain", f"{retain} is shorter than the statutory minimum of {minimum}"))
+    action = values.get("action")
+    fields = values.get("fields")
+    on_referenced = values.get("on_referenced", "defer")
+    cascade = values.get("cascade") or []
+    if action == "anonymise" and not fields:
+        out.append(("fields", "an anonymise policy needs `fields` (column: strategy)"))
+    if action == "delete" and fields and on_referenced != "anonymise":
+        out.append(("fields", "a delete policy takes no `fields` (they are only used with on_referenced: anonymise)"))
+    if action == "delete" and on_referenced == "anonymise" and not fields:
+        out.append(("fields", "on_referenced: anonymise needs `fields` to anonymise with"))
+    if action == "anonymise" and cascade:
+        out.append(("cascade", "only a delete policy deletes child rows"))
+    table = values.get("table")
+    if isinstance(table, str) and isinstance(cascade, list) and table in cascade:
+        out.append(("cascade", f"the policy's own table {table!r} cannot be its own child"))
+    return out
+
+
+def _single_values(value: Any) -> Any:
+    """``exclude`` / ``where``: column -> one value (text, number, true/false or null)."""
+    if not isinstance(value, Mapping):
+        return value  # pydantic reports "should be a valid dictionary"
+    for column, item in value.items():
+        if isinstance(item, (Mapping, list, tuple, set)):
+            raise ValueError(
+                f"{column}: expects a single value per column (text, number, true/false or null), "
+                f"got {item!r}; rows match when the column equals it"
+            )
     return value
 
 
@@ -72,8 +121,8 @@ class Policy(_Strict):
     align: str = "none"
     action: str
     fields: dict[str, str | None] | None = None
-    exclude: dict[str, Scalar] = Field(default_factory=dict)
-    where: dict[str, Scalar] = Field(default_factory=dict)
+    exclude: dict[str, Any] = Field(default_factory=dict)
+    where: dict[str, Any] = Field(default_factory=dict)
     cascade: list[str] = Field(default_factory=list)
     on_referenced: str = "defer"
     # Extension: a column set to the run's moment when a row is anonymised, so that it is not
@@ -94,6 +143,11 @@ class Policy(_Strict):
     def _periods(cls, v: Any) -> Period | None:
         return None if v is None else _period(v)
 
+    @field_validator("exclude", "where", mode="before")
+    @classmethod
+    def _conditions(cls, v: Any) -> Any:
+        return _single_values(v)
+
     @field_validator("align", mode="before")
     @classmethod
     def _align(cls, v: Any) -> str:
@@ -111,22 +165,12 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
-        if self.minimum is not None and not self.retain.at_least(self.minimum):
-            raise ValueError(
-                f"retain: {self.retain} is shorter than the statutory minimum of {self.minimum}"
-            )
-        if self.action == "anonymise" and not self.fields:
-            raise ValueError("fields: an anonymise policy needs `fields` (column: strategy)")
-        if self.action == "delete" and self.fields and self.on_referenced != "anonymise":
-            raise ValueError(
-                "fields: a delete policy takes no `fields` (they are only used with on_referenced: anonymise)"
-            )
-        if self.action == "delete" and self.on_referenced == "anonymise" and not self.fields:
-            raise ValueError("fields: on_referenced: anonymise needs `fields` to anonymise with")
-        if self.action == "anonymise" and self.cascade:
-            raise ValueError("cascade: only a delete policy deletes child rows")
-        if self.table in self.cascade:
-            raise ValueError(f"cascade: the policy's own table {self.table!r} cannot be its own child")
+        # The loader reports every one of these itself (config.load); this guards code that
+        # builds a Policy directly.
+        problems = consistency_problems(self.__dict__)
+        if problems:
+            key, message = problems[0]
+            raise ValueError(f"{key}: {message}")
         return self
 
     @property
@@ -137,6 +181,13 @@ class Policy(_Strict):
 
 class PolicyFile(_Strict):
     version: Literal[1]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if v != 1 or isinstance(v, bool):
+            raise ValueError(f"unsupported version {v!r}: this retention reads policy files of version 1")
+        return v
     timezone: str = "Europe/Amsterdam"
     locale: str = "nl_NL"
     databases: dict[str, Database]

@@ -95,7 +95,8 @@ def select_policies(model: PolicyFile, names: Sequence[str]) -> list[Policy]:
     known = {p.name for p in model.policies}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UsageError(f"--policy: unknown policy {', '.join(map(repr, unknown))}; defined: {', '.join(sorted(known))}")
+        names_ = ", ".join(map(repr, unknown))
+        raise UsageError(f"--policy: unknown policy {names_}; defined: {', '.join(sorted(known))}")
     return [p for p in model.policies if p.name in names]
 
 
