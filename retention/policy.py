@@ -66,6 +66,13 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         out.append(("fields", "on_referenced: anonymise needs `fields` to anonymise with"))
     if action == "anonymise" and cascade:
         out.append(("cascade", "only a delete policy deletes child rows"))
+    marker = values.get("marker")
+    if isinstance(marker, str):
+        if marker == values.get("after"):
+            out.append(("marker", f"'{marker}' is the `after` column; the marker needs a column of its own, "
+                                  "set when a row is anonymised"))
+        elif isinstance(fields, Mapping) and marker in fields:
+            out.append(("marker", f"'{marker}' is also in `fields`; the marker needs a column of its own"))
     table = values.get("table")
     if isinstance(table, str) and isinstance(cascade, list) and table in cascade:
         out.append(("cascade", f"the policy's own table {table!r} cannot be its own child"))

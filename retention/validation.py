@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from retention import dialects, purge
-from retention.errors import SchemaError
+from retention.errors import DatabaseUnreachable, SchemaError
 from retention.policy import Policy, PolicyFile
 from retention.schema import Schema, check_policy, locate, reflect
 
@@ -37,6 +38,7 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
     try:
         for name in needed:
             url = model.databases[name].url
+            _refuse_missing_sqlite_file(name, url)
             engine = dialects.create_engine(url, readonly=readonly)
             engines[name] = engine
             dialects.check_reachable(engine, url)
@@ -60,3 +62,17 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             engine.dispose()
         raise
     return Connected(engines, schemas, warnings)
+
+
+def _refuse_missing_sqlite_file(name: str, url: str) -> None:
+    """SQLite creates a missing file on connect; a typo in a path must be an error, not a new database."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return  # create_engine reports an unparsable URL
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not path.startswith("file:"):
+        if not Path(path).exists():
+            raise DatabaseUnreachable(
+                f"database '{name}': SQLite file {path} does not exist (build the demo with `retention demo`?)"
+            )
