@@ -121,7 +121,7 @@ def bulk_update(
         arrays = [sa.bindparam(f"k_{i}", values[n], type_=postgresql.ARRAY(table.c[n].type))
                   for i, n in enumerate(names)]
         keyarr = sa.bindparam("k_key", list(keys), type_=postgresql.ARRAY(key.type))
-        # render_derived: "AS rt_src(k, col, ...)", without which PostgreSQL names the
+        # render_derived: "AS rt_src(rt_key, col, ...)", without which PostgreSQL names the
         # unnest output columns itself and "rt_src.k" does not exist.
         src = sa.func.unnest(keyarr, *arrays).table_valued("rt_key", *names).render_derived(name="rt_src")
         stmt = (
@@ -149,10 +149,10 @@ def bulk_update(
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE {conn.dialect.identifier_preparer.quote(tmp.name)}")
         return
     stmt = table.update().where(key == sa.bindparam("rt_key")).values(
-        {n: sa.bindparam(f"rt_{n}") for n in names}
+        {n: sa.bindparam(f"rt_v_{n}") for n in names}
     )
     conn.execute(
-        stmt, [{"rt_key": k, **{f"rt_{n}": values[n][i] for n in names}} for i, k in enumerate(keys)]
+        stmt, [{"rt_key": k, **{f"rt_v_{n}": values[n][i] for n in names}} for i, k in enumerate(keys)]
     )
 
 

@@ -200,6 +200,24 @@ def fake_sample(provider: str) -> Any:
     return getattr(_faker(_locale), provider)()
 
 
+def _is_unique(col: sa.Column[Any]) -> bool:
+    """Whether the column is part of a primary key, unique index or unique constraint."""
+    if col.primary_key or col.unique:
+        return True
+    table = col.table
+    if any(ix.unique and col.name in ix.columns for ix in getattr(table, "indexes", ())):
+        return True
+    return any(
+        isinstance(con, sa.UniqueConstraint) and col.name in con.columns for con in getattr(table, "constraints", ())
+    )
+
+
+def _with_digits(value: str, rng: random.Random) -> str:
+    digits = str(rng.randrange(10, 100_000))
+    local, at, domain = value.partition("@")
+    return f"{local}{digits}@{domain}" if at else f"{value}{digits}"
+
+
 class FakePool:
     """Fake values generated once per run and sampled per row.
 
@@ -215,6 +233,7 @@ class FakePool:
         self._faker.seed_instance(int.from_bytes(os.urandom(16), "big"))
         self._size = size
         self._pools: dict[tuple[str, str], list[Any]] = {}
+        self._used: dict[tuple[str, str], set[Any]] = {}
         self._random = random.SystemRandom()
 
     def _pool(self, provider: str, col: sa.Column[Any]) -> list[Any]:
@@ -232,5 +251,40 @@ class FakePool:
         return self._pools[key]
 
     def draw(self, provider: str, col: sa.Column[Any], count: int) -> list[Any]:
+        if _is_unique(col):
+            return self._distinct(provider, col, count)
         pool = self._pool(provider, col)
         return self._random.choices(pool, k=count)
+
+    def _distinct(self, provider: str, col: sa.Column[Any], count: int) -> list[Any]:
+        """Fresh values never handed out before in this run, for a column under a unique constraint.
+
+        Sampling the pool with replacement would repeat values (a birthday collision is near
+        certain within a few hundred rows) and the batch would fail on the constraint. When Faker
+        runs short of new values, random digits are added (before the ``@`` of an address).
+        """
+        key = (provider, f"{col.table.name}.{col.name}")
+        used = self._used.setdefault(key, set())
+        make = getattr(self._faker, provider)
+        length = _length(col)
+
+        def fit(value: Any) -> Any:
+            return value[:length] if isinstance(value, str) and length is not None else value
+
+        out: list[Any] = []
+        misses = 0
+        while len(out) < count:
+            value = fit(make())
+            if value in used and isinstance(value, str):
+                value = fit(_with_digits(value, self._random))
+            if value in used:
+                misses += 1
+                if misses > 100 * (count + 10):
+                    raise ValueError(
+                        f"fake.{provider} gives too few different values for the unique column "
+                        f"'{col.table.name}.{col.name}'"
+                    )
+                continue
+            used.add(value)
+            out.append(value)
+        return out
