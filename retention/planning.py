@@ -106,7 +106,9 @@ class Plan:
         return sa.or_(*[_match(t, c, v) for c, v in self.policy.exclude.items()]) if self.policy.exclude else sa.false()
 
     def not_held(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        return sa.and_(*[_differs(t, c, v) for c, v in self.policy.exclude.items()]) if self.policy.exclude else sa.true()
+        if not self.policy.exclude:
+            return sa.true()
+        return sa.and_(*[_differs(t, c, v) for c, v in self.policy.exclude.items()])
 
     def due(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         return sa.and_(self.past_term(t), self.not_held(t))
@@ -133,7 +135,7 @@ class Plan:
         while current != self.policy.table:
             edge = self.tree[current]
             parent_alias = outer if edge.parent == self.policy.table else self.schema.tables[edge.parent].alias()
-            conds += [current_alias.c[cc] == parent_alias.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols)]
+            conds += [current_alias.c[cc] == parent_alias.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
             if edge.parent == self.policy.table:
                 break
             current, current_alias = edge.parent, parent_alias
@@ -143,7 +145,7 @@ class Plan:
         """Rows of ``t`` that a row of ``edge.child`` points at, and that row stays in this run."""
         member, conds = self._owned(edge.parent, t)
         child = self.schema.tables[edge.child].alias()
-        conds = conds + [child.c[cc] == member.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols)]
+        conds = conds + [child.c[cc] == member.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
         conds.append(sa.not_(self.removed_earlier(edge.child, child)))
         # Self-references: the referencing row stays unless a different, earlier policy removes it.
         return sa.exists().where(*conds)
@@ -239,7 +241,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def run_order(policies: Sequence[Policy], schemas: dict[str, Schema], database_of: Callable[[Policy], str]) -> list[Policy]:
+def run_order(policies: Sequence[Policy], schemas: dict[str, Schema],
+              database_of: Callable[[Policy], str]) -> list[Policy]:
     """Children before parents: a policy whose table references another policy's table runs first.
 
     Then a parent can go in the same run as its last child. Ties keep the file's order; a cycle

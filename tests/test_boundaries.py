@@ -15,7 +15,6 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 import sqlalchemy as sa
 from helpers import ids, run_cli, write_policies
 
