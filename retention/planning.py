@@ -135,7 +135,8 @@ class Plan:
         while current != self.policy.table:
             edge = self.tree[current]
             parent_alias = outer if edge.parent == self.policy.table else self.schema.tables[edge.parent].alias()
-            conds += [current_alias.c[cc] == parent_alias.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+            pairs = zip(edge.child_cols, edge.parent_cols, strict=True)
+            conds += [current_alias.c[cc] == parent_alias.c[pc] for cc, pc in pairs]
             if edge.parent == self.policy.table:
                 break
             current, current_alias = edge.parent, parent_alias
