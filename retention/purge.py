@@ -14,8 +14,10 @@ Levels (the ``purge`` setting of a database):
   (zeroes removed content as it is deleted) plus a truncating WAL checkpoint; PostgreSQL:
   ``VACUUM (ANALYZE)``; MariaDB: nothing (InnoDB frees pages lazily).
 - ``thorough``: rewrite the files. SQLite: ``VACUUM``; PostgreSQL: ``VACUUM (FULL, ANALYZE)``,
-  a rewrite of pg_statistic and a ``CHECKPOINT``; MariaDB: ``ALTER TABLE ... FORCE`` and
-  ``ANALYZE TABLE``.
+  a rewrite of the statistics catalogs and a ``CHECKPOINT``; MariaDB: ``ALTER TABLE ... FORCE``
+  and ``ANALYZE TABLE`` (``PERSISTENT FOR ALL`` where engine-independent statistics exist).
+
+docs/erasure.md says what each level leaves behind, measured, and what it costs.
 
 A purge that something else on the server prevents (a reader holding an old snapshot, a
 lock it cannot get) is ``pending``, not ``failed``: nothing is wrong with the database and

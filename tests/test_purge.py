@@ -335,10 +335,12 @@ def test_postgresql_purge_levels(pg: tuple[TestDatabase, sa.Engine], level: str)
         # whose old row stays in pg_statistic's file. Pinned so that docs/erasure.md stays true.
         assert leaked["table files"] > 0
         assert leaked["pg_stats"] == 0
+        assert leaked["pg_statistic files"] > 0
         assert "remain" in result.detail
     else:
         assert leaked["table files"] > len(deleted) // 2
         assert leaked["pg_stats"] > 0
+        assert leaked["pg_statistic files"] > 0
 
 
 @pytest.mark.usefixtures("no_grace")
