@@ -1,0 +1,936 @@
+#!/usr/bin/env python
+"""Benchmark `retention run` against one raw SQL statement and a hand-written ORM loop.
+
+One command (see bench/README.md):
+
+    .venv/bin/python bench/run.py --accounts 100000 1000000 --databases sqlite postgresql mariadb --repeat 3
+
+For every size and database: builds the demo shop once (SQLite: `retention demo`; PostgreSQL
+and MariaDB: the same rows copied from that SQLite file into `rt_bench_src_<N>`), then per
+repetition and per measurement starts from a fresh copy (SQLite: file copy; PostgreSQL:
+CREATE DATABASE rt_bench TEMPLATE ...; MariaDB: the touched tables refilled from the source
+with INSERT ... SELECT) and times:
+
+  retention   `retention --policies F run --policy P --as-of ... --format json` (subprocess,
+              end to end, audit log on, purge none); its peak RSS via wait4()
+  thorough    the same delete policy with purge: thorough (the purge cost is reported apart)
+  raw         the same rows in one statement per table, one transaction
+  orm         a hand-written SQLAlchemy ORM loop, commit per 1,000 (only up to --orm-max-accounts)
+  dry-run     `retention run --dry-run` with all the shop's policies
+  verify      `retention audit verify` on the repetition's audit log
+
+Results: bench/results.json (every sample) and bench/RESULTS.md (medians, ratios, goals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import peers  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from retention.demo import TABLES, build_demo, shop_metadata  # noqa: E402
+
+DEFAULT_AS_OF = "2026-11-24T03:00:00"
+SEED = 42
+AUDIT_KEY_ENV = "RETENTION_AUDIT_KEY"
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/?charset=utf8mb4"
+
+# kind -> (bench policy name, tables it changes, label)
+KINDS: dict[str, tuple[str, list[str], str]] = {
+    "delete": ("correspondence", ["tickets", "ticket_messages"],
+               "delete + cascade (correspondence: tickets + ticket_messages)"),
+    "delete_invoices": ("invoices", ["invoices", "invoice_lines"],
+                        "delete + cascade (invoices + invoice_lines, 7 years end_of_year)"),
+    "anon_const": ("accounts_constant", ["accounts"], "constant anonymise (accounts: null/redact/generalise)"),
+    "anon_fake": ("accounts_fake", ["accounts"], "fake anonymise (accounts: 3 fakes + redact)"),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- policy files
+
+POLICY_HEAD = """version: 1
+timezone: Europe/Amsterdam
+locale: nl_NL
+databases:
+  shop:
+    url: {url}
+    purge: {purge}
+audit:
+  path: {audit}
+  key_env: RETENTION_AUDIT_KEY
+policies:
+"""
+
+BENCH_POLICIES = """  - name: correspondence
+    basis: Customer-service terms
+    table: tickets
+    after: closed_at
+    retain: 2 years
+    where: {status: closed}
+    exclude: {legal_hold: true}
+    action: delete
+    cascade: [ticket_messages]
+    max_fraction: 1.0
+  - name: invoices
+    basis: Fiscal retention (AWR art. 52)
+    table: invoices
+    after: issued_at
+    retain: 7 years
+    minimum: 7 years
+    align: end_of_year
+    action: delete
+    cascade: [invoice_lines]
+    max_fraction: 1.0
+  - name: accounts_constant
+    basis: Privacy statement
+    table: accounts
+    after: deregistered_at
+    retain: 24 months
+    action: anonymise
+    exclude: {legal_hold: true}
+    fields: {phone: null, street: redact, postcode: generalise.postcode, city: null, birth_date: generalise.year}
+    max_fraction: 1.0
+  - name: accounts_fake
+    basis: Privacy statement
+    table: accounts
+    after: deregistered_at
+    retain: 24 months
+    action: anonymise
+    exclude: {legal_hold: true}
+    fields: {first_name: fake.first_name, last_name: fake.last_name, email: fake.email, street: redact}
+    max_fraction: 1.0
+"""
+
+# The shipped shop policies (as in the README), with max_fraction 1.0 for backlog data.
+SHOP_POLICIES = """  - name: accounts
+    basis: Privacy statement
+    table: accounts
+    after: deregistered_at
+    retain: 24 months
+    action: delete
+    cascade: [orders]
+    on_referenced: anonymise
+    exclude: {legal_hold: true}
+    fields:
+      first_name: fake.first_name
+      last_name: fake.last_name
+      email: fake.email
+      phone: null
+      street: redact
+      postcode: generalise.postcode
+      city: null
+      birth_date: generalise.year
+    max_fraction: 1.0
+  - name: invoices
+    table: invoices
+    after: issued_at
+    retain: 7 years
+    minimum: 7 years
+    align: end_of_year
+    action: delete
+    cascade: [invoice_lines]
+    max_fraction: 1.0
+  - name: correspondence
+    table: tickets
+    after: closed_at
+    retain: 2 years
+    where: {status: closed}
+    exclude: {legal_hold: true}
+    action: delete
+    cascade: [ticket_messages]
+    max_fraction: 1.0
+"""
+
+
+def write_policy(path: Path, url: str, purge: str, audit: Path, body: str) -> Path:
+    path.write_text(POLICY_HEAD.format(url=url, purge=purge, audit=audit) + body)
+    return path
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def _sidecar_ok(path: Path, want: dict[str, Any]) -> bool:
+    try:
+        return json.loads(path.read_text()) == want
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_sqlite_source(work: Path, accounts: int, today: dt.date, retention_cmd: list[str],
+                         rebuild: bool) -> tuple[Path, float | None]:
+    """The demo shop in an SQLite file, built once per size (and reused while it matches)."""
+    path = work / f"sqlite-{accounts}.db"
+    side = path.with_suffix(".json")
+    want = {"accounts": accounts, "seed": SEED, "today": today.isoformat()}
+    if not rebuild and path.exists() and _sidecar_ok(side, want):
+        return path, None
+    t0 = time.perf_counter()
+    if dt.date.today() == today:  # the command users run
+        subprocess.run([*retention_cmd, "demo", "--path", str(path), "--accounts", str(accounts),
+                        "--seed", str(SEED), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
+    else:  # what `retention demo` runs, with the as-of date as its `today`
+        build_demo(path, accounts=accounts, seed=SEED, today=today, overwrite=True)
+    seconds = time.perf_counter() - t0
+    side.write_text(json.dumps(want))
+    return path, seconds
+
+
+def copy_from_sqlite(sqlite_path: Path, engine: sa.Engine) -> None:
+    """Create the shop schema in ``engine`` and copy every row of the SQLite demo into it."""
+    md = shop_metadata()
+    md.create_all(engine)
+    dialect = engine.dialect.name
+    src = sqlite3.connect(sqlite_path)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if dialect == "mysql":
+            cur.execute("SET foreign_key_checks=0")
+            cur.execute("SET unique_checks=0")
+        for name in TABLES:
+            cols = [c.name for c in md.tables[name].columns]
+            rows = src.execute(f"SELECT {', '.join(cols)} FROM {name} ORDER BY id")
+            if dialect == "postgresql":
+                with cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN") as cp:
+                    for row in rows:
+                        cp.write_row(row)
+            else:
+                sql = f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
+                while batch := rows.fetchmany(5000):
+                    cur.executemany(sql, batch)
+        raw.commit()
+        cur.close()
+    finally:
+        raw.close()
+        src.close()
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            for name in TABLES:
+                conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), max(id)) FROM {name}"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for name in TABLES:
+            conn.exec_driver_sql(f"VACUUM ANALYZE {name}" if dialect == "postgresql" else f"ANALYZE TABLE {name}")
+
+
+class Target:
+    """One database kind at one size: a source built once, and a work copy reset per measurement."""
+
+    name = ""
+
+    def __init__(self, work: Path, accounts: int) -> None:
+        self.work, self.accounts = work, accounts
+
+    @property
+    def label(self) -> str:
+        return {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}[self.name]
+
+    def build(self, sqlite_src: Path, rebuild: bool) -> float | None: ...
+    def reset(self, tables: list[str]) -> float: ...
+    def cleanup(self) -> None: ...
+    def version(self) -> str: ...
+    src_url = ""
+    work_url = ""
+
+
+class SQLiteTarget(Target):
+    name = "sqlite"
+
+    def build(self, sqlite_src: Path, rebuild: bool) -> float | None:
+        self.src = sqlite_src
+        self.work_path = self.work / "sqlite-work.db"
+        self.src_url = f"sqlite:///{self.src}"
+        self.work_url = f"sqlite:///{self.work_path}"
+        return None
+
+    def reset(self, tables: list[str]) -> float:
+        t0 = time.perf_counter()
+        for suffix in ("-journal", "-wal", "-shm"):
+            Path(f"{self.work_path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.src, self.work_path)
+        return time.perf_counter() - t0
+
+    def cleanup(self) -> None:
+        self.work_path.unlink(missing_ok=True)
+
+    def version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+
+class ServerTarget(Target):
+    admin_url = ""
+    work_db = "rt_bench"
+
+    def __init__(self, work: Path, accounts: int) -> None:
+        super().__init__(work, accounts)
+        self.src_db = f"rt_bench_src_{accounts}"
+        self.admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+
+    def url(self, db: str) -> str:
+        raise NotImplementedError
+
+    @property
+    def src_url(self) -> str:  # type: ignore[override]
+        return self.url(self.src_db)
+
+    @property
+    def work_url(self) -> str:  # type: ignore[override]
+        return self.url(self.work_db)
+
+    def _exists(self, db: str) -> bool:
+        raise NotImplementedError
+
+    def _count(self, db: str) -> int:
+        engine = sa.create_engine(self.url(db))
+        try:
+            with engine.connect() as conn:
+                return int(conn.exec_driver_sql("SELECT count(*) FROM accounts").scalar_one())
+        except sa.exc.SQLAlchemyError:
+            return -1
+        finally:
+            engine.dispose()
+
+    def build(self, sqlite_src: Path, rebuild: bool) -> float | None:
+        side = self.work / f"{self.name}-{self.accounts}.json"
+        want = json.loads(sqlite_src.with_suffix(".json").read_text())
+        if (not rebuild and _sidecar_ok(side, want) and self._exists(self.src_db)
+                and self._count(self.src_db) == self.accounts):
+            return None
+        t0 = time.perf_counter()
+        self._drop(self.src_db)
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {self.src_db}")
+        engine = sa.create_engine(self.url(self.src_db))
+        try:
+            copy_from_sqlite(sqlite_src, engine)
+        finally:
+            engine.dispose()
+        side.write_text(json.dumps(want))
+        return time.perf_counter() - t0
+
+    def _drop(self, db: str) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {db}")
+
+    def cleanup(self) -> None:
+        self._drop(self.work_db)
+        self.admin.dispose()
+
+    def version(self) -> str:
+        with self.admin.connect() as conn:
+            return str(conn.exec_driver_sql("SELECT version()").scalar_one())
+
+
+class PostgresTarget(ServerTarget):
+    name = "postgresql"
+    admin_url = PG_ADMIN
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+
+    def _exists(self, db: str) -> bool:
+        with self.admin.connect() as conn:
+            return bool(conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": db}).first())
+
+    def _drop(self, db: str) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+    def reset(self, tables: list[str]) -> float:
+        t0 = time.perf_counter()
+        self._drop(self.work_db)
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} TEMPLATE {self.src_db} STRATEGY FILE_COPY")
+        return time.perf_counter() - t0
+
+    def version(self) -> str:
+        return super().version().split(" on ")[0]
+
+
+class MariaDBTarget(ServerTarget):
+    name = "mariadb"
+    admin_url = MARIADB_ADMIN
+
+    def __init__(self, work: Path, accounts: int) -> None:
+        super().__init__(work, accounts)
+        self.ready = False
+
+    def url(self, db: str) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:3306/{db}?charset=utf8mb4"
+
+    def _exists(self, db: str) -> bool:
+        with self.admin.connect() as conn:
+            return bool(conn.execute(sa.text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :d"),
+                                     {"d": db}).first())
+
+    def reset(self, tables: list[str]) -> float:
+        """Refill the touched tables from the source (a whole-database copy only the first time).
+
+        CREATE TABLE ... LIKE would drop the foreign keys (MariaDB does not copy them), so the
+        work database gets the shop's own DDL once, then TRUNCATE + INSERT ... SELECT per table.
+        """
+        t0 = time.perf_counter()
+        if not self.ready:
+            self._drop(self.work_db)
+            with self.admin.connect() as conn:
+                conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} CHARACTER SET utf8mb4")
+            engine = sa.create_engine(self.work_url)
+            shop_metadata().create_all(engine)
+            engine.dispose()
+            tables, self.ready = list(TABLES), True
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql("SET SESSION foreign_key_checks=0")
+            for name in tables:
+                conn.exec_driver_sql(f"TRUNCATE TABLE {self.work_db}.{name}")
+                conn.exec_driver_sql(f"INSERT INTO {self.work_db}.{name} SELECT * FROM {self.src_db}.{name}")
+            for name in tables:
+                conn.exec_driver_sql(f"ANALYZE TABLE {self.work_db}.{name}").fetchall()
+            conn.exec_driver_sql("SET SESSION foreign_key_checks=1")
+        return time.perf_counter() - t0
+
+    def cleanup(self) -> None:
+        self.ready = False
+        super().cleanup()
+
+
+TARGETS = {"sqlite": SQLiteTarget, "postgresql": PostgresTarget, "mariadb": MariaDBTarget}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+TIME = "/usr/bin/time"
+
+
+def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None = None) -> dict[str, Any]:
+    """Run a child; its wall time, exit code, output, and its own peak RSS.
+
+    The RSS comes from /usr/bin/time (GNU time, `%M`) when present: a child forked straight
+    from this (large) process would inherit its high-water mark in wait4's ru_maxrss.
+    """
+    out_path, err_path, rss_path = cwd / "last.stdout", cwd / "last.stderr", cwd / "last.rss"
+    rss_path.unlink(missing_ok=True)
+    wrapped = [TIME, "-f", "%M", "-o", str(rss_path), *cmd] if os.access(TIME, os.X_OK) else cmd
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=out, stderr=err)
+        deadline = None if timeout is None else t0 + timeout
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if deadline else 0)
+            if pid:
+                break
+            if deadline and time.perf_counter() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                timed_out = True
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    maxrss_kb = usage.ru_maxrss
+    if wrapped is not cmd:
+        try:
+            maxrss_kb = int(rss_path.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            maxrss_kb = None
+    return {
+        "seconds": seconds, "rc": proc.returncode, "timed_out": timed_out,
+        "maxrss_mb": maxrss_kb / 1024 if maxrss_kb else None, "stdout": out_path.read_text(errors="replace"),
+        "stderr": err_path.read_text(errors="replace")[-2000:],
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.retention = shlex.split(args.retention) if args.retention else [str(REPO / ".venv/bin/retention")]
+        self.env = {**os.environ, AUDIT_KEY_ENV: "bench-audit-key"}
+        self.env.pop("RETENTION_POLICIES", None)
+        self.results_path = Path(args.results)
+        self.results: dict[str, Any] = {"meta": {}, "runs": []}
+        if args.resume and self.results_path.exists():
+            self.results = json.loads(self.results_path.read_text())
+
+    # -- one retention command -----------------------------------------------------------
+    def retention_cmd(self, policy_file: Path, cwd: Path, *argv: str) -> dict[str, Any]:
+        res = run_process([*self.retention, "--policies", str(policy_file), "--log-format", "json", *argv],
+                          cwd, self.env)
+        if res["rc"] != 0:
+            log(f"  ! retention {' '.join(argv)} exited {res['rc']}: {res['stderr'][-600:]}")
+        return res
+
+    def run_policy(self, policy_file: Path, cwd: Path, policy: str) -> dict[str, Any]:
+        res = self.retention_cmd(policy_file, cwd, "run", "--policy", policy, "--as-of", self.args.as_of,
+                                 "--format", "json")
+        sample = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
+        try:
+            doc = json.loads(res["stdout"])
+            p = doc["policies"][0]
+            sample.update(rows=p["applied"], children=sum(p["cascaded"].values()), status=p["status"],
+                          inner_s=p.get("duration_s"),
+                          purge_s=sum(float(x.get("duration_s") or 0) for x in doc.get("purge", [])),
+                          purge=[{k: x.get(k) for k in ("level", "result", "detail", "duration_s")}
+                                 for x in doc.get("purge", [])])
+        except (ValueError, KeyError, IndexError) as exc:
+            sample.update(rows=None, error=f"{type(exc).__name__}: {res['stderr'][-300:]}")
+        return sample
+
+    # -- one size and database -------------------------------------------------------------
+    def bench_one(self, target: Target, sqlite_src: Path, src_build_s: float | None) -> dict[str, Any]:
+        a = self.args
+        run: dict[str, Any] = {"database": target.name, "accounts": target.accounts, "samples": {}, "info": {}}
+        log(f"{target.label} {target.accounts:,}: building the source")
+        built = target.build(sqlite_src, a.rebuild)
+        run["info"]["build_s"] = src_build_s if target.name == "sqlite" else built
+        run["info"]["version"] = target.version()
+        samples: dict[str, list[dict[str, Any]]] = run["samples"]
+
+        def add(name: str, sample: dict[str, Any]) -> None:
+            samples.setdefault(name, []).append(sample)
+            rows = sample.get("rows")
+            rate = f", {rows / sample['seconds']:,.0f} rows/s" if rows and sample.get("seconds") else ""
+            extra = f", RSS {sample['maxrss_mb']:.0f} MB" if "maxrss_mb" in sample else ""
+            log(f"    {name:<28} {sample.get('seconds', float('nan')):8.3f} s  rows={rows}{rate}{extra}")
+
+        base = self.work / f"{target.name}-{target.accounts}"
+        orm_ok = target.accounts <= a.orm_max_accounts
+        for rep in range(a.repeat):
+            rep_dir = base / f"rep{rep + 1}"
+            shutil.rmtree(rep_dir, ignore_errors=True)
+            rep_dir.mkdir(parents=True)
+            audit = rep_dir / "audit.jsonl"
+            none_file = write_policy(rep_dir / "bench-none.yaml", target.work_url, "none", audit, BENCH_POLICIES)
+            thorough_file = write_policy(rep_dir / "bench-thorough.yaml", target.work_url, "thorough", audit,
+                                         BENCH_POLICIES)
+            shop_file = write_policy(rep_dir / "shop.yaml", target.src_url, "none", audit, SHOP_POLICIES)
+            log(f"  {target.label} {target.accounts:,} repetition {rep + 1}/{a.repeat}")
+
+            # (d) the preview of all the shop's policies, on the untouched source (read-only)
+            res = self.retention_cmd(shop_file, rep_dir, "run", "--dry-run", "--as-of", a.as_of, "--format", "json")
+            dry = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
+            try:
+                dry_doc = json.loads(res["stdout"])["policies"]
+                dry["due"] = {p["name"]: p["due"] for p in dry_doc}
+                dry["policy_s"] = {p["name"]: p.get("duration_s") for p in dry_doc}
+            except (ValueError, KeyError):
+                dry["error"] = res["stderr"][-300:]
+            add("dryrun", dry)
+
+            for kind in a.kinds:
+                policy, touched, _label = KINDS[kind]
+                methods = ["raw", "retention"]
+                if kind == "delete":
+                    methods.append("thorough")
+                    if target.name == "sqlite":
+                        methods.append("raw_secure")
+                if orm_ok:
+                    methods.append("orm")
+                if rep % 2:
+                    methods.reverse()
+                for method in methods:
+                    reset_s = target.reset(touched)
+                    if method == "retention":
+                        sample = self.run_policy(none_file, rep_dir, policy)
+                    elif method == "thorough":
+                        sample = self.run_policy(thorough_file, rep_dir, policy)
+                    elif method in ("raw", "raw_secure"):
+                        engine = peers.make_engine(target.work_url)
+                        try:
+                            w = peers.raw(engine, kind, a.as_of, secure_delete=method == "raw_secure")
+                        finally:
+                            engine.dispose()
+                        sample = {"seconds": w.seconds, "rows": w.rows, "children": w.children}
+                    else:
+                        res = run_process([sys.executable, str(HERE / "peers.py"), "orm", "--url", target.work_url,
+                                           "--kind", kind, "--as-of", a.as_of], rep_dir, self.env,
+                                          timeout=a.orm_timeout)
+                        # seconds: the whole process, like retention's; loop_s: the ORM loop alone
+                        sample = {"seconds": res["seconds"], "maxrss_mb": res["maxrss_mb"], "rc": res["rc"]}
+                        if res["timed_out"]:
+                            sample.update(rows=None, timed_out=True)
+                        else:
+                            try:
+                                peer = json.loads(res["stdout"].strip().splitlines()[-1])
+                                sample.update(rows=peer["rows"], children=peer["children"], loop_s=peer["seconds"])
+                            except (ValueError, IndexError, KeyError):
+                                sample.update(rows=None, error=res["stderr"][-300:])
+                    sample["reset_s"] = reset_s
+                    add(f"{method}:{kind}", sample)
+
+            # (e) verify the repetition's audit log
+            res = self.retention_cmd(none_file, rep_dir, "audit", "verify", "--log", str(audit))
+            size = audit.stat().st_size if audit.exists() else 0
+            lines = sum(1 for _ in audit.open("rb")) if audit.exists() else 0
+            add("verify", {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"],
+                           "log_bytes": size, "log_lines": lines})
+        if not a.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        target.cleanup()
+        return run
+
+    # -- everything ------------------------------------------------------------------------
+    def main(self) -> int:
+        a = self.args
+        self.work = Path(a.workdir).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        today = dt.date.fromisoformat(a.as_of[:10])
+        meta = self.results["meta"]
+        meta.update(machine_info())
+        meta.update(command=command_line(), as_of=a.as_of, seed=SEED, repeat=a.repeat,
+                    orm_max_accounts=a.orm_max_accounts, retention_cmd=" ".join(self.retention),
+                    started=meta.get("started") or dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        done = {(r["database"], r["accounts"]) for r in self.results["runs"]}
+        for accounts in a.accounts:
+            log(f"== {accounts:,} accounts: SQLite demo source")
+            src, build_s = ensure_sqlite_source(self.work, accounts, today, self.retention, a.rebuild)
+            if build_s is not None:
+                log(f"   built in {build_s:.1f} s")
+            for name in a.databases:
+                if (name, accounts) in done:
+                    log(f"   {name} {accounts:,}: already in {self.results_path} (--resume), skipped")
+                    continue
+                target = TARGETS[name](self.work, accounts)
+                try:
+                    run = self.bench_one(target, src, build_s)
+                except Exception as exc:  # keep what the other databases measured
+                    log(f"   {name} {accounts:,} FAILED: {type(exc).__name__}: {exc}")
+                    run = {"database": name, "accounts": accounts, "samples": {}, "info": {"error": str(exc)}}
+                    if a.debug:
+                        raise
+                self.results["runs"] = [r for r in self.results["runs"]
+                                        if (r["database"], r["accounts"]) != (name, accounts)] + [run]
+                meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+                self.save()
+        report = render(self.results)
+        print(goals_text(self.results))
+        log(f"wrote {self.results_path} and {a.report}")
+        return 0 if report else 1
+
+    def save(self) -> None:
+        self.results_path.write_text(json.dumps(self.results, indent=1))
+        Path(self.args.report).write_text(render(self.results))
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict[str, Any]:
+    mem_kb = 0
+    cpu = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = ""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "retention"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        if dirty:
+            commit += " + uncommitted changes in retention/"
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "ram_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
+            "kernel": platform.release(), "python": platform.python_version(), "sqlalchemy": sa.__version__,
+            "commit": commit}
+
+
+def command_line() -> str:
+    try:
+        exe = os.path.relpath(sys.executable, Path.cwd())
+        script = os.path.relpath(sys.argv[0], Path.cwd())
+    except ValueError:
+        exe, script = sys.executable, sys.argv[0]
+    return " ".join(shlex.quote(x) for x in [exe, script, *sys.argv[1:]])
+
+
+def med(samples: list[dict[str, Any]] | None, key: str = "seconds") -> float | None:
+    vals = [s[key] for s in samples or [] if s.get(key) is not None and not s.get("timed_out")
+            and s.get("rc", 0) == 0]
+    return statistics.median(vals) if vals else None
+
+
+def first(samples: list[dict[str, Any]] | None, key: str) -> Any:
+    for s in samples or []:
+        if s.get(key) is not None:
+            return s[key]
+    return None
+
+
+def fmt(x: float | None, spec: str = ".2f", none: str = "–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}
+
+
+def kind_row(run: dict[str, Any], kind: str, method: str) -> dict[str, Any]:
+    s = run["samples"]
+    ret_samples = s.get(f"{method}:{kind}")
+    ret, raw, orm = med(ret_samples), med(s.get(f"raw:{kind}")), med(s.get(f"orm:{kind}"))
+    rows = first(ret_samples, "rows")
+    raw_rows = first(s.get(f"raw:{kind}"), "rows")
+    orm_rows = first(s.get(f"orm:{kind}"), "rows")
+    counts = {x for x in (rows, raw_rows, orm_rows) if x is not None}
+    orm_timeout = any(x.get("timed_out") for x in s.get(f"orm:{kind}", []))
+    return {
+        "rows": rows, "children": first(ret_samples, "children"), "ret": ret,
+        "inner": med(ret_samples, "inner_s"), "purge": med(ret_samples, "purge_s"),
+        "raw": raw, "orm": orm, "orm_timeout": orm_timeout,
+        "rss": max((x.get("maxrss_mb") or 0 for x in ret_samples or []), default=None),
+        "ret_rate": ratio(rows, ret), "raw_rate": ratio(raw_rows, raw), "orm_rate": ratio(orm_rows, orm),
+        "vs_raw": ratio(ret, raw), "orm_vs": ratio(orm, ret), "counts_agree": len(counts) <= 1,
+        "failed": [x for x in ret_samples or [] if x.get("rc")],
+    }
+
+
+def peak_rss(run: dict[str, Any]) -> float | None:
+    vals = [x.get("maxrss_mb") for name, xs in run["samples"].items() if name.split(":")[0] in
+            ("retention", "thorough", "dryrun", "verify") for x in xs if x.get("maxrss_mb")]
+    return max(vals) if vals else None
+
+
+GOAL_SIZE = 1_000_000
+DELETE_LIMIT = {"sqlite": 1.5, "postgresql": 2.0, "mariadb": 2.0}
+FAKE_LIMIT = {"sqlite": 2.0, "postgresql": 2.0, "mariadb": 4.0}
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = {(r["database"], r["accounts"]): r for r in results["runs"] if r["samples"]}
+    out: list[dict[str, Any]] = []
+    dbs = [d for d in ("sqlite", "postgresql", "mariadb") if any(k[0] == d for k in runs)]
+
+    def add(goal: str, db: str, size: int | None, measured: str, target: str, ok: bool | None) -> None:
+        out.append({"goal": goal, "database": LABELS[db], "accounts": size, "measured": measured,
+                    "target": target, "result": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+
+    for db in dbs:
+        sizes = sorted(k[1] for k in runs if k[0] == db)
+        size = GOAL_SIZE if GOAL_SIZE in sizes else max(sizes)
+        run = runs[(db, size)]
+        for kind, limit, goal in (("delete", DELETE_LIMIT[db], "delete+cascade, audit, purge none vs raw DELETE"),
+                                  ("delete_invoices", DELETE_LIMIT[db], "same, invoices policy (few rows)"),
+                                  ("anon_const", 1.5, "constant anonymise vs raw UPDATE"),
+                                  ("anon_fake", FAKE_LIMIT[db], "fake anonymise vs raw constant UPDATE")):
+            r = kind_row(run, kind, "retention")
+            if r["ret"] is None and r["raw"] is None:
+                continue
+            add(goal, db, size, f"{fmt(r['vs_raw'])}x ({fmt(r['ret'], '.2f')} s vs {fmt(r['raw'], '.2f')} s)",
+                f"≤ {limit}x", None if r["vs_raw"] is None else r["vs_raw"] <= limit)
+        orm_sizes = [s for s in sizes if any(runs[(db, s)]["samples"].get(f"orm:{k}") for k in KINDS)]
+        if orm_sizes:
+            osize = max(orm_sizes)
+            for kind in KINDS:
+                r = kind_row(runs[(db, osize)], kind, "retention")
+                if r["orm"] is None and not r["orm_timeout"]:
+                    continue
+                capped = ratio(first(runs[(db, osize)]["samples"].get(f"orm:{kind}"), "seconds"), r["ret"])
+                if r["orm_timeout"]:
+                    measured, ok = f"> {fmt(capped, '.1f')}x (ORM stopped at its time cap)", (capped or 0) >= 20 or None
+                else:
+                    measured = f"{fmt(r['orm_vs'], '.1f')}x ({fmt(r['orm'])} s vs {fmt(r['ret'])} s)"
+                    ok = None if r["orm_vs"] is None else r["orm_vs"] >= 20
+                add(f"≥20x faster than the ORM peer: {kind}", db, osize, measured, "≥ 20x", ok)
+        else:
+            add("≥20x faster than the ORM peer", db, None, "not measured", "≥ 20x", None)
+        small = min(sizes)
+        p_big, p_small = peak_rss(run), peak_rss(runs[(db, small)])
+        if size != small and p_big and p_small:
+            add("peak RSS at 1M ≤ 1.3x peak at 100k, < 300 MB", db, size,
+                f"{p_big:.0f} MB vs {p_small:.0f} MB ({p_big / p_small:.2f}x)", "≤ 1.3x and < 300 MB",
+                p_big <= 1.3 * p_small and p_big < 300)
+        else:
+            add("peak RSS at 1M ≤ 1.3x peak at 100k, < 300 MB", db, size,
+                f"{fmt(p_big, '.0f')} MB (one size only)", "≤ 1.3x and < 300 MB",
+                None if not p_big else (False if p_big >= 300 else None))
+        if db in ("sqlite", "postgresql"):
+            d = med(run["samples"].get("dryrun"))
+            add("dry-run (all policies) ≤ 2 s", db, size, f"{fmt(d)} s", "≤ 2 s", None if d is None else d <= 2)
+    return out
+
+
+def goals_text(results: dict[str, Any]) -> str:
+    lines = ["Goals:"]
+    for g in goals(results):
+        size = f"{g['accounts']:,}" if g["accounts"] else "-"
+        lines.append(f"  {g['result']:<4}  {g['database']:<10} {size:>9}  {g['goal']}: {g['measured']} "
+                     f"(target {g['target']})")
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    runs = sorted(results["runs"], key=lambda r: (r["accounts"], list(TARGETS).index(r["database"])))
+    md: list[str] = []
+    w = md.append
+    w("# retention benchmark results\n")
+    w(f"Written by `bench/run.py` (see bench/README.md). Started {meta.get('started')}, finished "
+      f"{meta.get('finished', 'not yet')}.\n")
+    w("Command:\n")
+    w(f"```\n{meta.get('command')}\n```\n")
+    w(f"Machine: {meta.get('nproc')} cores ({meta.get('cpu')}), {meta.get('ram_gib')} GiB RAM, Linux "
+      f"{meta.get('kernel')}; Python {meta.get('python')}, SQLAlchemy {meta.get('sqlalchemy')}; retention at "
+      f"commit {meta.get('commit')}. "
+      + "; ".join(f"{LABELS[r['database']]}: {r['info'].get('version')}" for r in runs
+                  if r["info"].get("version") and r["accounts"] == runs[0]["accounts"]) + ". "
+      "Servers with their stock Debian settings (PostgreSQL shared_buffers 128 MB; MariaDB "
+      "innodb_buffer_pool_size 128 MB, innodb_flush_log_at_trx_commit=1).\n")
+    w(f"Data: the demo shop (`retention demo`, seed {meta.get('seed')}, built with today = the as-of date), "
+      f"as of `{meta.get('as_of')}`. Times are medians of {meta.get('repeat')} repetitions, each on a fresh copy "
+      "of the database.\n")
+
+    w("## Goals\n")
+    w("| result | goal | database | accounts | measured | target |")
+    w("| --- | --- | --- | ---: | --- | --- |")
+    for g in goals(results):
+        w(f"| **{g['result']}** | {g['goal']} | {g['database']} | {g['accounts'] or '–':,} | {g['measured']} | "
+          f"{g['target']} |" if g["accounts"] else
+          f"| **{g['result']}** | {g['goal']} | {g['database']} | – | {g['measured']} | {g['target']} |")
+    w("")
+
+    w("## Enforcement: retention vs one raw statement vs a hand-written ORM loop\n")
+    w("`rows` = rows of the policy's own table deleted or anonymised (children deleted by the cascade in "
+      "`children`). `retention s` is the whole CLI process (`retention run --policy P --format json`, Python start, "
+      "validation, counting, batches, fsync'd audit log); `in-process s` is the policy's own `duration_s` from the "
+      "JSON (counting + batches, no start-up). `raw s` is BEGIN..COMMIT of the single statement(s); `ORM s` is the "
+      "whole ORM script process, start-up included like `retention s` (its loop alone is `loop_s` in "
+      "results.json). Ratios: `ret/raw` = retention s / raw s (lower is better), "
+      "`ORM/ret` = ORM s / retention s (higher is better). Peak RSS is the retention process's maximum resident "
+      "set (GNU time `%M`).\n")
+    w("| database | accounts | work | rows | children | retention s | in-process s | raw s | ORM s | "
+      "retention rows/s | raw rows/s | ORM rows/s | ret/raw | ORM/ret | peak RSS MB |")
+    w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    notes: list[str] = []
+    for run in runs:
+        if not run["samples"]:
+            w(f"| {LABELS[run['database']]} | {run['accounts']:,} | FAILED: {run['info'].get('error', '')[:200]} "
+              "| | | | | | | | | | | | |")
+            continue
+        for kind, (_p, _t, label) in KINDS.items():
+            if not any(k.endswith(":" + kind) for k in run["samples"]):
+                continue
+            for method in (("retention", "thorough") if kind == "delete" else ("retention",)):
+                r = kind_row(run, kind, method)
+                work = label if method == "retention" else "same, purge thorough"
+                orm = ">" + fmt(first(run["samples"].get(f"orm:{kind}"), "seconds")) + " (cap)" \
+                    if r["orm_timeout"] else fmt(r["orm"])
+                w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {work} | {fmt(r['rows'], ',')} | "
+                  f"{fmt(r['children'], ',') if kind == 'delete' else '–'} | {fmt(r['ret'])} | {fmt(r['inner'])} | "
+                  f"{fmt(r['raw'], '.3f')} | {orm if method == 'retention' else '–'} | {fmt(r['ret_rate'], ',.0f')} | "
+                  f"{fmt(r['raw_rate'], ',.0f')} | {fmt(r['orm_rate'], ',.0f') if method == 'retention' else '–'} | "
+                  f"{fmt(r['vs_raw'])} | {fmt(r['orm_vs'], '.1f') if method == 'retention' else '–'} | "
+                  f"{fmt(r['rss'], '.0f')} |")
+                if not r["counts_agree"]:
+                    notes.append(f"{LABELS[run['database']]} {run['accounts']:,} {kind}: row counts differ between "
+                                 "retention, raw and ORM")
+                if r["failed"]:
+                    notes.append(f"{LABELS[run['database']]} {run['accounts']:,} {kind} {method}: exit codes "
+                                 f"{[x.get('rc') for x in r['failed']]}")
+    w("")
+    if notes:
+        w("**Warnings:** " + "; ".join(notes) + "\n")
+    w("ORM peer: only at sizes up to " + f"{meta.get('orm_max_accounts', 0):,}" +
+      " accounts (at 1M it takes too long); '–' where not run.\n")
+
+    w("## Purge, preview and audit verification\n")
+    w("| database | accounts | delete purge none s | delete purge thorough s | purge step s (from the run) | "
+      "purge result | SQLite raw DELETE with secure_delete=ON s | dry-run (all policies) s | dry-run peak RSS MB | "
+      "audit verify s | audit log lines | audit log MB |")
+    w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for run in runs:
+        s = run["samples"]
+        if not s:
+            continue
+        purge = first(s.get("thorough:delete"), "purge") or []
+        presult = ", ".join(f"{p.get('level')}: {p.get('result')}"
+                            + (f" ({p.get('detail')})" if p.get("detail") else "") for p in purge)
+        w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {fmt(med(s.get('retention:delete')))} | "
+          f"{fmt(med(s.get('thorough:delete')))} | {fmt(med(s.get('thorough:delete'), 'purge_s'))} | "
+          f"{presult[:160] or '–'} | {fmt(med(s.get('raw_secure:delete')), '.3f')} | {fmt(med(s.get('dryrun')))} | "
+          f"{fmt(max((x.get('maxrss_mb', 0) for x in s.get('dryrun', [])), default=None), '.0f')} | "
+          f"{fmt(med(s.get('verify')))} | {fmt(first(s.get('verify'), 'log_lines'), ',')} | "
+          f"{fmt((first(s.get('verify'), 'log_bytes') or 0) / 1e6, '.1f')} |")
+    w("")
+    w("The audit log verified is one repetition's: the dry-run plus the four enforcing runs (3 policies, one of "
+      "them twice) with every batch's keys.\n")
+
+    w("## Data\n")
+    w("| database | accounts | source build s | due per shop policy (dry-run) |")
+    w("| --- | ---: | ---: | --- |")
+    for run in runs:
+        due = first(run["samples"].get("dryrun"), "due") or {}
+        w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {fmt(run['info'].get('build_s'), '.0f', 'cached')} | "
+          + ", ".join(f"{k} {v:,}" for k, v in due.items()) + " |")
+    w("")
+    w("Every sample (times, rows, exit codes, RSS, copy times) is in `bench/results.json`.\n")
+    return "\n".join(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--accounts", type=int, nargs="+", default=[100_000], help="demo sizes (default 100000)")
+    ap.add_argument("--databases", nargs="+", default=["sqlite"], choices=list(TARGETS))
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (median reported)")
+    ap.add_argument("--as-of", default=DEFAULT_AS_OF)
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
+                    help="workloads (default: all): delete = correspondence policy, delete_invoices = invoices")
+    ap.add_argument("--orm-max-accounts", type=int, default=100_000,
+                    help="run the ORM peer only at sizes up to this (default 100000)")
+    ap.add_argument("--orm-timeout", type=float, default=600, help="cap on one ORM peer run, seconds")
+    ap.add_argument("--workdir", default="/tmp/rtbench", help="databases, policy files and audit logs")
+    ap.add_argument("--results", default=str(HERE / "results.json"))
+    ap.add_argument("--report", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--retention", default=None, help="the retention command (default: .venv/bin/retention)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the demo sources even when cached")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep database/size pairs already in --results and measure only the missing ones")
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from --results and stop")
+    ap.add_argument("--keep", action="store_true", help="keep per-repetition policy files and audit logs")
+    ap.add_argument("--debug", action="store_true")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        results = json.loads(Path(args.results).read_text())
+        Path(args.report).write_text(render(results))
+        print(goals_text(results))
+        return 0
+    return Bench(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
