@@ -5,23 +5,19 @@ before the run's moment, computed on the wall clock of the policy file's time zo
 calendar months and years (2024-02-29 + 24 months = 2026-02-28).
 
 Databases cannot evaluate pendulum's calendar arithmetic, so each policy is turned into
-one *cut-off*: the latest local wall-clock moment ``c`` such that every event at or before
-``c`` is due and every event after it is not, and the SQL predicate is just ``after <= c``.
+a :class:`Cutoff`: the set of due event moments, as wall-clock ranges a database can test
+with bound parameters.
 
-That needs ``x -> expires_at(x)`` never to decrease, and clamped calendar arithmetic with a
-time of day does decrease: 2024-02-28 13:00 + 24 months is 2026-02-28 13:00, but
-2024-02-29 10:00 + 24 months would be 2026-02-28 10:00, earlier. So for a date-time whose
-day does not exist in the target month (29 Feb, 31 Apr, ...) the term ends at the *end* of
-that month's last day (2026-02-28 23:59:59.999999): never before the term of any earlier
-event, so no row is ever removed early, and at most a day later than plain arithmetic.
+Calendar arithmetic clamps at month ends, and with a time of day that makes it run
+backwards: 2024-02-28 13:00 + 24 months is 2026-02-28 13:00, but 2024-02-29 10:00 + 24
+months is 2026-02-28 10:00, earlier. At 2026-02-28 10:00 the due events are therefore
+"everything up to 2024-02-28 10:00" *plus* "29 February 2024 from 00:00 to 10:00", not one
+range. :func:`cutoff` returns the main range and those extra day windows, so the rule of
+CONTRACT.md holds exactly: no row goes a microsecond early, none stays a microsecond late.
 
-DATE columns hold whole days (each the start of its day), on which calendar arithmetic
-never decreases, so they are exact: 2024-02-29 + 24 months = 2026-02-28, due from the start
-of 2026-02-28. :attr:`Cutoff.date` is their cut-off.
-
-Plain subtraction (``now - retain``) is *not* the cut-off at month ends: on 2026-03-31,
-``now - 1 month`` is 2026-02-28 at now's time, yet every moment of 28 February + 1 month
-is before now. :func:`cutoff` corrects for that clamping, so a row is never kept past its term.
+Plain subtraction (``now - retain``) is not the boundary at month ends either: on
+2026-03-31, ``now - 1 month`` is 2026-02-28 at now's time, yet every moment of 28 February
++ 1 month is before now; :func:`cutoff` makes the whole of 28 February due.
 """
 
 from __future__ import annotations
@@ -126,25 +122,19 @@ def align_event(event: pendulum.DateTime, align: Align) -> pendulum.DateTime:
 def expires_at(
     event: pendulum.DateTime | dt.date, period: Period, align: Align = "none"
 ) -> pendulum.DateTime:
-    """When a row whose event happened at ``event`` becomes due (the definition the cut-off inverts).
+    """When a row whose event happened at ``event`` becomes due: ``align(event) + period``.
 
-    ``event`` is a local wall-clock date-time, or a date (a DATE column: the start of that day).
-    A date-time whose day does not exist in the target month (2024-02-29 10:00 + 24 months)
-    expires at the end of that month's last day (2026-02-28 23:59:59.999999), so that no
-    earlier event ever expires later (see the module docstring); a date expires at the start
-    of the clamped day (2024-02-29 + 24 months: 2026-02-28 00:00).
+    This is the definition the cut-off implements. ``event`` is a local wall-clock date-time,
+    or a date (a DATE column: the start of that day). Month and year arithmetic clamps:
+    2024-02-29 10:00 + 24 months = 2026-02-28 10:00.
     """
     if not isinstance(event, dt.datetime):
-        return period.add_to(align_event(pendulum.naive(event.year, event.month, event.day), align))
-    if not isinstance(event, pendulum.DateTime):
+        event = pendulum.naive(event.year, event.month, event.day)
+    elif not isinstance(event, pendulum.DateTime):
         event = pendulum.instance(event) if event.tzinfo is not None else pendulum.naive(
             event.year, event.month, event.day, event.hour, event.minute, event.second, event.microsecond
         )
-    start = align_event(event, align)
-    end = period.add_to(start)
-    if period.unit in ("months", "years") and end.day < start.day:
-        end = end.set(hour=23, minute=59, second=59, microsecond=999999)
-    return end
+    return period.add_to(align_event(event, align))
 
 
 def _naive(moment: pendulum.DateTime) -> dt.datetime:
@@ -153,60 +143,97 @@ def _naive(moment: pendulum.DateTime) -> dt.datetime:
     )
 
 
+Window = tuple[dt.datetime, dt.datetime]
+
+
 @dataclass(frozen=True)
 class Cutoff:
-    """The boundary of one policy at one moment.
+    """The due event moments of one policy at one moment.
 
-    ``local`` is a naive wall-clock datetime in the policy file's time zone: the value to
-    compare a timezone-less column against (``after <= local``). ``instant`` is the last
-    instant whose wall time is at or before ``local``, for columns that carry a time zone.
-    ``date`` is for DATE columns (``after <= date``): a date counts from the start of its day,
-    which at month ends can make one more day due than ``local.date()`` (see expires_at).
+    An event (local wall-clock, naive) is due when it is at or before ``local``, or inside one
+    of the ``windows`` (inclusive ranges; only at month ends, see the module docstring).
+    ``instant`` and :meth:`instant_windows` are the same for columns that carry a time zone;
+    :attr:`date` is the last due day of a DATE column (a date counts from the start of its day,
+    and the window days follow ``local``'s day without a gap).
     """
 
     local: dt.datetime
     instant: pendulum.DateTime
     timezone: str
-    # The last due day of a DATE column, when it differs from ``local.date()`` (month ends).
-    last_date: dt.date | None = None
+    windows: tuple[Window, ...] = ()
 
     @property
     def date(self) -> dt.date:
-        return self.last_date if self.last_date is not None else self.local.date()
+        return self.windows[-1][0].date() if self.windows else self.local.date()
+
+    def contains(self, event: dt.datetime) -> bool:
+        """Whether an event at this wall-clock moment is due (what the SQL predicate tests)."""
+        return event <= self.local or any(lo <= event <= hi for lo, hi in self.windows)
+
+    def instant_windows(self) -> tuple[tuple[pendulum.DateTime, pendulum.DateTime], ...]:
+        return tuple((_instant(lo, self.timezone), _instant(hi, self.timezone)) for lo, hi in self.windows)
 
     def isoformat(self) -> str:
         return self.instant.isoformat()
 
 
+def _months(period: Period) -> int:
+    return period.n * (12 if period.unit == "years" else 1)
+
+
+def _shift_month(year: int, month: int, months: int) -> tuple[int, int]:
+    index = year * 12 + (month - 1) + months
+    return index // 12, index % 12 + 1
+
+
 def cutoff(as_of: pendulum.DateTime, period: Period, align: Align, timezone: str) -> Cutoff:
-    """The latest event moment that is due at ``as_of`` (inclusive), as a :class:`Cutoff`.
+    """The due event moments at ``as_of``, as a :class:`Cutoff`.
 
     The arithmetic runs on the naive wall clock of ``timezone`` (that is what timezone-less
     columns hold), so a daylight-saving gap cannot move the boundary by an hour.
     """
     now = as_of.in_timezone(timezone)
     wall = pendulum.naive(now.year, now.month, now.day, now.hour, now.minute, now.second, now.microsecond)
-    start = wall.subtract(**{period.unit: period.n})
-    if period.unit in ("months", "years"):
-        last = _days_in_month(start.year, start.month)
-        if start.day < now.day:
-            # Subtraction clamped (31 Mar - 1 month = 28 Feb): every moment of that last day,
-            # plus the period, lands on 28 Mar, before now. The whole day is due.
-            start = start.set(hour=23, minute=59, second=59, microsecond=999999)
-        elif now.day == _days_in_month(now.year, now.month) and start.day < last and wall.time() == END_OF_DAY:
-            # Now is the very end of a month's last day (28 Feb): the later days of the earlier
-            # month (29 Feb) expire at the end of now's day (see expires_at), so they are due.
-            # Before that moment they are not, and neither is anything after ``start``.
-            start = start.set(day=last)
+    windows: list[Window] = []
     if align != "none":
-        unit = "month" if align == "end_of_month" else "year"
-        # Events count from the end of their month/year: only periods that ended by ``start`` are due.
-        if align_event(start, align) > start:  # type: ignore[arg-type]
-            start = start.start_of(unit).subtract(microseconds=1)
-    local = _naive(start)  # type: ignore[arg-type]
-    instant = _instant(local, timezone)
-    return Cutoff(local=local, instant=instant, timezone=timezone,
-                  last_date=_last_due_date(wall, period, align, local.date()))
+        local = _aligned_cutoff(wall, period, align)
+    elif period.unit in ("days", "weeks"):
+        local = _naive(wall.subtract(**{period.unit: period.n}))
+    else:
+        # Events of month M (= now's month - k) land in now's month; earlier months are due,
+        # later ones are not. Within M, day d lands on min(d, last day of now's month).
+        year, month = _shift_month(wall.year, wall.month, -_months(period))
+        last_m = _days_in_month(year, month)
+        last_now = _days_in_month(wall.year, wall.month)
+        if wall.day > last_m:
+            # 31 Mar - 1 month: all of February lands before 31 March.
+            local = dt.datetime.combine(dt.date(year, month, last_m), END_OF_DAY)
+        else:
+            local = dt.datetime(year, month, wall.day, wall.hour, wall.minute, wall.second, wall.microsecond)
+            if wall.day == last_now:
+                # Now is a month's last day: the later days of M clamp onto today, so each of
+                # them is due up to now's time of day.
+                for day in range(wall.day + 1, last_m + 1):
+                    lo = dt.datetime(year, month, day)
+                    windows.append((lo, dt.datetime.combine(lo.date(), local.time())))
+    # A window that touches the main range (now is the last microsecond of a day) extends it.
+    while windows and windows[0][0] - local <= dt.timedelta(microseconds=1):
+        local = max(local, windows.pop(0)[1])
+    return Cutoff(local=local, instant=_instant(local, timezone), timezone=timezone, windows=tuple(windows))
+
+
+def _aligned_cutoff(wall: pendulum.DateTime, period: Period, align: Align) -> dt.datetime:
+    """The end of the last month/year whose end + period is at or before now.
+
+    ``align(x) + period`` never decreases from one month (year) to the next, so the due events
+    are all those of the periods up to that one: a single range.
+    """
+    unit = "month" if align == "end_of_month" else "year"
+    guess = wall.subtract(**{period.unit: period.n}).add(**{f"{unit}s": 1})
+    end = align_event(guess, align)
+    while expires_at(end, period) > wall:
+        end = align_event(end.start_of(unit).subtract(microseconds=1), align)
+    return _naive(end)
 
 
 def _instant(local: dt.datetime, timezone: str) -> pendulum.DateTime:
@@ -232,25 +259,6 @@ def _instant(local: dt.datetime, timezone: str) -> pendulum.DateTime:
                 hi = mid
         utc = lo
     return pendulum.instance(utc).in_timezone(timezone)
-
-
-def _last_due_date(wall: pendulum.DateTime, period: Period, align: Align, default: dt.date) -> dt.date | None:
-    """The last due day of a DATE column (its start + period <= now), if not ``default``.
-
-    Differs from the date-time cut-off's day only at month ends without alignment: on
-    2026-02-28 a DATE 2024-02-29 is 24 months old, while a date-time 2024-02-29 10:00 is not
-    yet (it expires at the end of 2026-02-28).
-    """
-    if align != "none" or period.unit not in ("months", "years"):
-        return None
-    today = wall.date()
-    day = pendulum.date(today.year, today.month, today.day).subtract(**{period.unit: period.n})
-    last = _days_in_month(day.year, day.month)
-    if day.day == today.day and today.day == _days_in_month(today.year, today.month) and day.day < last:
-        # Today is a month's last day: the later days of the earlier month clamp onto today.
-        day = day.set(day=last)
-    result = dt.date(day.year, day.month, day.day)
-    return None if result == default else result
 
 
 def parse_as_of(text: str, timezone: str) -> pendulum.DateTime:

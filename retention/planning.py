@@ -39,13 +39,20 @@ def _differs(t: sa.FromClause, column: str, value: Any) -> sa.ColumnElement[bool
     return col.is_not(None) if value is None else sa.or_(col.is_(None), col != value)
 
 
-def _cutoff_value(col: sa.Column[Any], cut: Cutoff) -> Any:
-    if isinstance(col.type, sa.DateTime):
-        # A column with a time zone is compared as an instant; one without holds local wall time.
-        return cut.instant if getattr(col.type, "timezone", False) else cut.local
-    if isinstance(col.type, sa.Date):
-        return cut.date
-    return cut.local
+def _in_term_end(after: sa.ColumnElement[Any], col: sa.Column[Any], cut: Cutoff) -> sa.ColumnElement[bool]:
+    """``after`` is at or before the cut-off: the main range, plus the month-end day windows."""
+    if isinstance(col.type, sa.DateTime) and getattr(col.type, "timezone", False):
+        # A column with a time zone is compared as an instant.
+        main, windows = cut.instant, cut.instant_windows()
+    elif isinstance(col.type, sa.DateTime):
+        # One without holds local wall-clock time.
+        main, windows = cut.local, cut.windows
+    else:
+        # A DATE counts from the start of its day; the window days follow the main day.
+        return after <= cut.date
+    if not windows:
+        return after <= main
+    return sa.or_(after <= main, *[after.between(lo, hi) for lo, hi in windows])
 
 
 def pending(policy: Policy, t: sa.FromClause) -> sa.ColumnElement[bool]:
@@ -96,7 +103,7 @@ class Plan:
 
     def past_term(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         after = t.c[self.policy.after]
-        cond = [after.is_not(None), after <= _cutoff_value(self.table.c[self.policy.after], self.cutoff)]
+        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
         if self.policy.action == "anonymise":
             cond.append(self.pending(t))

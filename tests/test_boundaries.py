@@ -148,25 +148,32 @@ def test_29_february_date_is_due_on_28_february(db: TestDatabase, tmp_path: Path
     step(db, pf, "2026-03-01T00:00:00", {3})
 
 
-def test_29_february_datetime_is_never_early_and_due_by_the_end_of_28_february(
-    db: TestDatabase, tmp_path: Path
-) -> None:
-    """DateTime rows around 29 February, 24 months: nothing goes before its term (2024-02-28 12:00 is
-    not due at 2026-02-28 10:00; 2024-02-29 10:00 not at 09:59:59), and 2024-02-29 10:00 is due by
-    the end of 2026-02-28; 2024-03-01 00:00 only from 1 March."""
+def test_29_february_datetime_rows_each_go_at_their_own_term(db: TestDatabase, tmp_path: Path) -> None:
+    """DateTime rows around 29 February, 24 months: each goes exactly at its term and not before
+    (2024-02-28 12:00 not at 11:59:59; 2024-02-29 10:00 at 10:00, before it); 2024-03-01 00:00
+    only from 1 March."""
     rows = {1: {"happened_at": D(2024, 2, 28, 9, 0)}, 2: {"happened_at": D(2024, 2, 28, 12, 0)},
             3: {"happened_at": D(2024, 2, 29, 10, 0)}, 4: {"happened_at": D(2024, 3, 1, 0, 0)}}
     pf = setup(db, tmp_path, rows)
     step(db, pf, "2026-02-28T08:59:59", set())
     step(db, pf, "2026-02-28T09:00:00", {1})
-    # 2024-02-28 12:00 is due at 2026-02-28 12:00: neither at 09:59:59 nor at 10:00 may it go.
     assert preview(pf, "2026-02-28T09:59:59")["due"] == 0
-    assert preview(pf, "2026-02-28T11:59:59")["due"] in (0, 1)  # 29 Feb 10:00: see the contract-exact test
-    assert 2 in remaining(db)
-    p = preview(pf, "2026-02-28T12:00:00")
-    assert p["due"] in (1, 2)
-    step(db, pf, "2026-02-28T23:59:59.999999", {2, 3})
+    assert preview(pf, "2026-02-28T11:59:59")["due"] == 1  # 29 Feb 10:00, not 28 Feb 12:00
+    step(db, pf, "2026-02-28T10:00:00", {3})
+    step(db, pf, "2026-02-28T11:59:59", set())
+    step(db, pf, "2026-02-28T12:00:00", {2})
+    step(db, pf, "2026-02-28T23:59:59.999999", set())
     step(db, pf, "2026-03-01T00:00:00", {4})
+
+
+def test_29_february_datetime_is_due_at_its_time_of_day_on_28_february(db: TestDatabase, tmp_path: Path) -> None:
+    """Contract-exact: 2024-02-29T10:00 + 24 months = 2026-02-28T10:00, so due at 2026-02-28T10:00 and
+    not at 09:59:59, while 2024-02-28T12:00 stays until 12:00 (the due set is a range plus a window)."""
+    rows = {2: {"happened_at": D(2024, 2, 28, 12, 0)}, 3: {"happened_at": D(2024, 2, 29, 10, 0)}}
+    pf = setup(db, tmp_path, rows)
+    step(db, pf, "2026-02-28T09:59:59", set())
+    step(db, pf, "2026-02-28T10:00:00", {3})
+    step(db, pf, "2026-02-28T12:00:00", {2})
 
 
 # (event, due from): `1 days` around Europe/Amsterdam's DST switches, in ascending order.

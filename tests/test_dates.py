@@ -49,11 +49,12 @@ def due(event: dt.datetime | dt.date, period: Period, align: str, as_of: pendulu
 
 
 def selected(event: dt.datetime | dt.date, period: Period, align: str, as_of: pendulum.DateTime) -> bool:
-    """What the database does: ``after <= cutoff`` (a DATE column against ``cutoff.date``)."""
+    """What the database does: ``after <= cutoff`` or inside a month-end window (a DATE column
+    against ``cutoff.date``)."""
     cut = cutoff(as_of, period, align, TZ)  # type: ignore[arg-type]
     if isinstance(event, dt.datetime):
-        return dt.datetime(event.year, event.month, event.day, event.hour, event.minute, event.second,
-                           event.microsecond) <= cut.local
+        return cut.contains(dt.datetime(event.year, event.month, event.day, event.hour, event.minute,
+                                        event.second, event.microsecond))
     return event <= cut.date
 
 
@@ -141,7 +142,8 @@ CASES = [
     ((2026, 5, 31, 8), "1 month", "none", (2026, 4, 30, *END)),
     # 29 February of a leap year, one year on: 28 February of the next.
     ((2028, 2, 29, 12), "1 year", "none", (2027, 2, 28, *END)),
-    # Now 28 February: 29 February two years back clamps onto today, at the end of the day.
+    # Now 28 February: the main range ends at 28 February two years back, at now's time;
+    # 29 February (clamped onto today) is a separate window, see the 29 February tests.
     ((2026, 2, 28, 0), "24 months", "none", (2024, 2, 28, 0)),
     ((2026, 2, 28, 12), "24 months", "none", (2024, 2, 28, 12)),
     ((2026, 2, 28, *END), "24 months", "none", (2024, 2, 29, *END)),
@@ -183,24 +185,40 @@ def test_29_february_plus_24_months_is_28_february_for_a_date_column() -> None:
     assert cutoff(at(2026, 2, 27), period, "none", TZ).date == dt.date(2024, 2, 27)
 
 
-def test_29_february_with_a_time_expires_at_the_end_of_28_february_so_no_earlier_event_goes_first() -> None:
-    # Plain arithmetic would give 2026-02-28 10:15, before 2024-02-28 13:00 + 24 months
-    # (2026-02-28 13:00): one cut-off could then only be exact by removing that row early.
+def test_29_february_with_a_time_is_due_at_its_time_of_day_on_28_february() -> None:
+    """CONTRACT.md exactly: 2024-02-29 10:15 + 24 months = 2026-02-28 10:15. At 10:15 it is due
+    while 2024-02-28 13:00 is not yet (due at 13:00): the due set is a range plus a window."""
     period = parse_period("24 months")
-    assert expires_at(naive(2024, 2, 29, 10, 15), period) == naive(2026, 2, 28, *END)
+    assert expires_at(naive(2024, 2, 29, 10, 15), period) == naive(2026, 2, 28, 10, 15)
     assert expires_at(naive(2024, 2, 28, 13, 0), period) == naive(2026, 2, 28, 13, 0)
-    assert not due(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 2, 28, 12))
-    assert not selected(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 2, 28, 12))
+    assert not selected(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 2, 28, 10, 14, 59))
+    assert selected(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 2, 28, 10, 15))
+    assert not selected(naive(2024, 2, 29, 10, 15, 0, 1), period, "none", at(2026, 2, 28, 10, 15))
     assert not selected(naive(2024, 2, 28, 13, 0), period, "none", at(2026, 2, 28, 12)), "never removed early"
     assert selected(naive(2024, 2, 28, 12, 0), period, "none", at(2026, 2, 28, 12))
-    assert selected(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 3, 1))
-    assert selected(naive(2024, 2, 29, *END), period, "none", at(2026, 2, 28, *END))
+    assert selected(naive(2024, 2, 29, 10, 15), period, "none", at(2026, 2, 28, 12))
+    cut = cutoff(at(2026, 2, 28, 12), period, "none", TZ)
+    assert cut.local == dt.datetime(2024, 2, 28, 12)
+    assert cut.windows == ((dt.datetime(2024, 2, 29), dt.datetime(2024, 2, 29, 12)),)
+
+
+def test_31_january_plus_1_month_windows_cover_29_30_and_31_january() -> None:
+    """On 28 February, 29, 30 and 31 January (+1 month, clamped) are due up to now's time of day."""
+    period = parse_period("1 month")
+    cut = cutoff(at(2026, 2, 28, 9, 30), period, "none", TZ)
+    assert cut.local == dt.datetime(2026, 1, 28, 9, 30)
+    assert [lo.day for lo, _ in cut.windows] == [29, 30, 31]
+    assert all(hi.time() == dt.time(9, 30) for _, hi in cut.windows)
+    assert cut.date == dt.date(2026, 1, 31)
+    assert selected(naive(2026, 1, 31, 9, 30), period, "none", at(2026, 2, 28, 9, 30))
+    assert not selected(naive(2026, 1, 31, 9, 30, 1), period, "none", at(2026, 2, 28, 9, 30))
+    assert not selected(naive(2026, 1, 28, 9, 30, 1), period, "none", at(2026, 2, 28, 9, 30))
 
 
 def test_31_march_minus_1_month_clamps_to_the_last_day_of_february() -> None:
     period = parse_period("1 month")
     assert expires_at(naive(2026, 2, 28, 23, 0), period) == naive(2026, 3, 28, 23, 0)
-    assert expires_at(naive(2026, 1, 31, 9, 0), period) == naive(2026, 2, 28, *END)
+    assert expires_at(naive(2026, 1, 31, 9, 0), period) == naive(2026, 2, 28, 9, 0)
     assert expires_at(dt.date(2026, 1, 31), period) == naive(2026, 2, 28)
     cut = cutoff(at(2026, 3, 31, 3), period, "none", TZ)
     assert cut.local == dt.datetime(2026, 2, 28, *END)
@@ -320,7 +338,7 @@ def _random_period(rng: random.Random) -> Period:
 
 
 def test_property_an_event_is_selected_by_the_cutoff_exactly_when_its_term_has_ended() -> None:
-    """``event <= cutoff.local`` iff ``expires_at(event) <= as_of`` (wall clock), and the same
+    """``cutoff.contains(event)`` iff ``expires_at(event) <= as_of`` (wall clock), and the same
     for DATE columns (``date <= cutoff.date``) and for instants (``instant <= cutoff.instant``)."""
     rng = random.Random(20261124)
     checked = 0
@@ -342,7 +360,7 @@ def test_property_an_event_is_selected_by_the_cutoff_exactly_when_its_term_has_e
         ]
         for event in events:
             expected = expires_at(event, period, align) <= now  # type: ignore[arg-type]
-            assert (_naive(event) <= cut.local) == expected, (event, period, align, now, cut.local)
+            assert cut.contains(_naive(event)) == expected, (event, period, align, now, cut)
             day = event.date()
             assert (day <= cut.date) == (expires_at(day, period, align) <= now), (day, period, align, now)  # type: ignore[arg-type]
             checked += 2
