@@ -21,7 +21,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
         "policies": [
             {
                 "name": o.name, "database": o.database, "table": o.table, "action": o.action,
-                "cutoff": o.cutoff, "due": o.due, "held": o.held, "deferred": o.deferred,
+                "cutoff": o.cutoff, "cutoff_windows": o.cutoff_windows,
+                "due": o.due, "held": o.held, "deferred": o.deferred,
                 "applied": o.applied, "cascaded": o.cascaded, "status": o.status,
                 "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
@@ -87,6 +88,9 @@ def render_text(result: RunResult) -> str:
         align = "" if o.align == "none" else f", counted from the {o.align.replace('_', ' ')}"
         lines.append(f"   rule:    {o.action} {o.table} rows {o.retain} after their event{align}")
         lines.append(f"   cut-off: events up to {o.cutoff_local} ({o.cutoff})")
+        for lo, hi in o.cutoff_windows:
+            # Month-end clamping: these later days also reach their term today (docs/policy-file.md).
+            lines.append(f"            and from {lo.replace('T', ' ')} to {hi.replace('T', ' ')[:19]}")
         lines.append(f"   counts:  due {o.due}, held {o.held}, deferred {o.deferred}, applied {o.applied}"
                      + (f" (of {o.total} rows)" if o.total else ""))
         lines += [f"   {line}" for line in _what_happens(o, result.dry_run)]

@@ -50,6 +50,8 @@ class PolicyOutcome:
     align: str
     cutoff: str
     cutoff_local: str
+    # Month-end windows of due events after the cut-off (see dates.cutoff), local wall time.
+    cutoff_windows: list[list[str]] = field(default_factory=list)
     due: int = 0
     held: int = 0
     deferred: int = 0
@@ -106,6 +108,7 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
         name=p.name, database=plan.database, table=p.table, action=p.action, basis=p.basis,
         description=p.description, retain=str(p.retain), align=p.align,
         cutoff=plan.cutoff.isoformat(), cutoff_local=plan.cutoff.local.strftime("%Y-%m-%d %H:%M:%S"),
+        cutoff_windows=[[lo.isoformat(), hi.isoformat()] for lo, hi in plan.cutoff.windows],
         fields={c: (s if s is not None else "null") for c, s in (p.fields or {}).items()},
     )
 
@@ -158,6 +161,7 @@ def execute_run(
                 "name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
                 "cutoff": pl.cutoff.isoformat(), "basis": pl.policy.basis,
+                "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
             } for pl in plans],
         )
         result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[])
