@@ -15,60 +15,13 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from click.testing import CliRunner
+from helpers import SHOP_POLICIES, write_policies
 
 from retention.cli import main
 from retention.demo import create_shop
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
-
-POLICY = """\
-version: 1
-timezone: Europe/Amsterdam
-locale: nl_NL
-databases:
-  shop:
-    url: "{url}"
-    purge: none
-audit:
-  path: {audit}
-policies:
-  - name: accounts
-    table: accounts
-    after: deregistered_at
-    retain: 24 months
-    action: delete
-    cascade: [orders]
-    on_referenced: anonymise
-    exclude: {{legal_hold: true}}
-    max_fraction: 1.0
-    fields:
-      first_name: fake.first_name
-      last_name: fake.last_name
-      email: fake.email
-      phone: null
-      street: redact
-      postcode: generalise.postcode
-      city: null
-      birth_date: generalise.year
-  - name: invoices
-    table: invoices
-    after: issued_at
-    retain: 7 years
-    align: end_of_year
-    action: delete
-    cascade: [invoice_lines]
-    max_fraction: 1.0
-  - name: correspondence
-    table: tickets
-    after: closed_at
-    retain: 2 years
-    where: {{status: closed}}
-    exclude: {{legal_hold: true}}
-    action: delete
-    cascade: [ticket_messages]
-    max_fraction: 1.0
-"""
 
 PERSONAL = {
     "accounts": ["first_name", "last_name", "email", "phone", "street", "postcode", "city"],
@@ -116,8 +69,8 @@ def test_no_marker_or_its_hash_in_audit_log_or_logs(db: TestDatabase, tmp_path: 
     create_shop(db.engine, accounts=150, seed=3, today=dt.date(2026, 11, 24))
     markers = _seed_markers(db.engine)
     log = tmp_path / "audit.jsonl"
-    policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY.format(url=db.url, audit=log))
+    policy = write_policies(tmp_path / "policies.yaml", db.url,
+                            [{**p, "max_fraction": 1.0} for p in SHOP_POLICIES], audit=str(log))
     runner = CliRunner()
     stderr = []
     for args in (["validate"], ["run", "--dry-run", "--as-of", "2026-11-24T03:00:00"],

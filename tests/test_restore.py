@@ -11,29 +11,11 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
+from helpers import SHOP_POLICIES, write_policies
 
 from retention import audit
 from retention.cli import main
 from retention.demo import build_demo
-
-POLICY = """\
-version: 1
-timezone: Europe/Amsterdam
-databases:
-  shop:
-    url: sqlite:///shop.db
-audit:
-  path: audit.jsonl
-policies:
-  - name: correspondence
-    table: tickets
-    after: closed_at
-    retain: 2 years
-    where: {status: closed}
-    exclude: {legal_hold: true}
-    action: delete
-    cascade: [ticket_messages]
-"""
 
 
 def _run(policy: Path) -> dict:
@@ -50,8 +32,9 @@ def test_restored_backup_is_erased_again_by_the_next_run(tmp_path: Path) -> None
     build_demo(db, accounts=400, seed=5, today=dt.date(2026, 11, 24))
     backup = tmp_path / "backup.db"
     shutil.copyfile(db, backup)
-    policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY)
+    correspondence = next(p for p in SHOP_POLICIES if p["name"] == "correspondence")
+    policy = write_policies(tmp_path / "policies.yaml", f"sqlite:///{db}", [correspondence],
+                            purge=None, audit="audit.jsonl")
 
     first = _run(policy)
     assert first["applied"] > 0
