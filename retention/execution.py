@@ -9,6 +9,7 @@ two leaves an intent the next run resolves (see :mod:`retention.recovery`).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -36,6 +37,10 @@ class Applied:
     batches: int = 0
 
 
+def _key_in(col: sa.ColumnElement[Any], *, keys: list[Any], dialect: str) -> sa.ColumnElement[bool]:
+    return dialects.key_in(col, keys, dialect)
+
+
 def _test_hook(point: str) -> None:
     # Lets the crash-recovery tests kill the process at an exact point (kill -9 semantics).
     if os.environ.get("RETENTION_TEST_KILL_AT") == point:
@@ -55,68 +60,78 @@ class Executor:
 
     def run(self) -> Applied:
         applied = Applied()
-        plan = self.plan
-        if plan.policy.action == "delete":
-            self._loop(plan.removable, self._delete, applied)
-            if plan.policy.on_referenced == "anonymise":
-                self._loop(plan.anonymisable, self._anonymise, applied)
-        else:
-            self._loop(plan.removable, self._anonymise, applied)
+        self._loop(applied)
         return applied
 
-    def _loop(self, predicate: Callable[[sa.FromClause], sa.ColumnElement[bool]],
-              act: Callable[[sa.Connection, list[Any]], tuple[str, list[str], int, dict[str, int]]],
-              applied: Applied) -> None:
+    def _loop(self, applied: Applied) -> None:
+        """Walk the due rows by key; per batch find the blocked ones, change the rest.
+
+        The batch is selected by ``due`` alone (cheap on every database) and locked; then one
+        statement over the blocking edges finds which of its keys are still referenced
+        (exactly :meth:`Plan.blocked`, evaluated for these keys only). The others are deleted;
+        with ``on_referenced: anonymise`` the blocked ones still pending are anonymised. Each
+        kind of change is its own audit ``batch`` entry listing exactly the keys it changed,
+        both written (fsync'd) before the one commit.
+        """
         plan, t, key = self.plan, self.plan.table, self.plan.key
+        deleting = plan.policy.action == "delete"
+        anonymise_blocked = deleting and plan.policy.on_referenced == "anonymise"
         last: Any = None
         while True:
+            entries: list[tuple[str, list[Any], list[str], int, dict[str, int]]] = []
             with self.engine.begin() as conn:
-                query = sa.select(key).where(predicate(t))
+                query = sa.select(key).where(plan.due(t))
                 if last is not None:
                     query = query.where(key > last)
                 query = dialects.lock_rows(query.order_by(key).limit(plan.policy.batch_size), self.dialect)
                 keys = [row[0] for row in conn.execute(query)]
                 if not keys:
                     return
-                action, columns, count, cascaded = act(conn, keys)
-                batch = self.next_batch()
-                self.audit.append(
-                    "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
-                    action=action, state="intent", batch=batch, key_column=key.name,
-                    keys=[_jsonable(k) for k in keys], columns=columns, count=count, cascaded=cascaded,
-                )
+                last = keys[-1]
+                if deleting:
+                    in_batch = functools.partial(_key_in, keys=keys, dialect=self.dialect)
+                    blocked = plan.blocked_among(conn, keys, in_batch)
+                    free = [k for k in keys if k not in blocked] if blocked else keys
+                    if free:
+                        action, columns, count, cascaded = self._delete(conn, free)
+                        entries.append((action, free, columns, count, cascaded))
+                    if anonymise_blocked:
+                        todo = [k for k in keys if blocked.get(k)]
+                        if todo:
+                            action, columns, count, cascaded = self._anonymise(conn, todo)
+                            entries.append((action, todo, columns, count, cascaded))
+                else:
+                    action, columns, count, cascaded = self._anonymise(conn, keys)
+                    entries.append((action, keys, columns, count, cascaded))
+                if not entries:
+                    continue
+                written = []
+                for action, changed, columns, count, cascaded in entries:
+                    batch = self.next_batch()
+                    self.audit.append(
+                        "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
+                        action=action, state="intent", batch=batch, key_column=key.name,
+                        keys=[_jsonable(k) for k in changed], columns=columns, count=count, cascaded=cascaded,
+                    )
+                    written.append((batch, action, count, cascaded))
                 _test_hook("intent")
             _test_hook("commit")
-            self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
-            last = keys[-1]
-            applied.batches += 1
-            if action == "delete":
-                applied.deleted += count
-            else:
-                applied.anonymised += count
-            for child, n in cascaded.items():
-                applied.cascaded[child] = applied.cascaded.get(child, 0) + n
-            self.progress(count)
+            for batch, action, count, cascaded in written:
+                self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
+                applied.batches += 1
+                if action == "delete":
+                    applied.deleted += count
+                else:
+                    applied.anonymised += count
+                for child, n in cascaded.items():
+                    applied.cascaded[child] = applied.cascaded.get(child, 0) + n
+                self.progress(count)
 
     # -- actions -----------------------------------------------------------------------------
     def _owned_by(self, member: str, keys: list[Any]) -> sa.ColumnElement[bool]:
         """Rows of a cascade table that hang under the given keys of the policy's table."""
-        plan = self.plan
-        edge = plan.tree[member]
-        child = plan.schema.tables[member]
-        parent = plan.schema.tables[edge.parent]
-        if edge.parent == plan.policy.table:
-            parent_filter = dialects.key_in(plan.key, keys, self.dialect)
-        else:
-            parent_filter = self._owned_by(edge.parent, keys)
-        if len(edge.child_cols) == 1:
-            ref = parent.c[edge.parent_cols[0]]
-            if edge.parent == plan.policy.table and ref.name == plan.key.name:
-                return dialects.key_in(child.c[edge.child_cols[0]], keys, self.dialect)
-            return child.c[edge.child_cols[0]].in_(sa.select(ref).where(parent_filter))
-        return sa.tuple_(*[child.c[c] for c in edge.child_cols]).in_(
-            sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
-        )
+        table = self.plan.schema.tables[member]
+        return self.plan.owned_filter(member, table, lambda col: dialects.key_in(col, keys, self.dialect))
 
     def _depth(self, member: str) -> int:
         depth = 0

@@ -6,8 +6,6 @@ service notices the missing ping. A ping must never fail the run: errors are log
 
 from __future__ import annotations
 
-import urllib.request
-
 from retention.logs import get_logger, redact_url
 
 log = get_logger("retention.monitor")
@@ -23,6 +21,8 @@ def ping(base: str | None, kind: str, body: str = "") -> bool:
     """Send one ping; True when it was answered. No URL configured: nothing happens."""
     if not base:
         return False
+    import urllib.request  # only when a monitor is configured: it is not free at start-up
+
     url = ping_url(base, kind)
     try:
         request = urllib.request.Request(url, data=body.encode()[:10_000], method="POST")

@@ -30,7 +30,9 @@ SAMPLE_SIZE = 5
 
 def _match(t: sa.FromClause, column: str, value: Any) -> sa.ColumnElement[bool]:
     col = t.c[column]
-    return col.is_(None) if value is None else col == value
+    # Never NULL (a NULL column gives false, not unknown): the match is negated in
+    # removed_earlier(), where an unknown would let a referenced row go.
+    return col.is_(None) if value is None else sa.and_(col.is_not(None), col == value)
 
 
 def _differs(t: sa.FromClause, column: str, value: Any) -> sa.ColumnElement[bool]:
@@ -179,6 +181,73 @@ class Plan:
         """Deferred rows that on_referenced: anonymise still has to anonymise."""
         return sa.and_(self.due(t), self.blocked(t), self.pending(t))
 
+    # -- references, per key ---------------------------------------------------------------
+    def _referenced_keys(self, edge: Edge, restrict: Pred, tag: int | None = None,
+                         with_pending: bool = False) -> sa.Select[Any]:
+        """Distinct keys of policy rows (restricted by ``restrict``) that ``edge`` blocks.
+
+        The same relation as :meth:`referenced_by` (a row of ``edge.child`` points at the
+        policy row, or at one of its cascade rows, and is not removed earlier in this run),
+        written as a join from the policy rows so that the database only visits the
+        referencing rows of the rows asked about. The keys returned are the policy table's
+        own values, never the child's copy (collations may compare unequal values equal).
+        """
+        t = self.table.alias("rt_t")
+        member, conds = self._owned(edge.parent, t)
+        child = self.schema.tables[edge.child].alias("rt_ref")
+        conds = conds + [child.c[cc] == member.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        conds.append(sa.not_(self.removed_earlier(edge.child, child)))
+        cols: list[sa.ColumnElement[Any]] = [t.c[self.key.name].label("rt_k")]
+        if tag is not None:
+            cols.append(sa.literal_column(str(int(tag))).label("rt_e"))
+        if with_pending:
+            cols.append(sa.case((self.pending(t), sa.literal_column("1")), else_=sa.literal_column("0")).label("rt_p"))
+        return sa.select(*cols).where(*conds, restrict(t)).distinct()
+
+    def blocked_among(self, conn: sa.Connection, keys: Sequence[Any],
+                      key_filter: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]) -> dict[Any, bool]:
+        """Of the given keys, those that :meth:`blocked` holds for, each with whether it is still
+        to anonymise (always False without ``on_referenced: anonymise``).
+
+        One statement (a UNION over the blocking edges), evaluated in the caller's transaction.
+        """
+        if self.policy.action != "delete" or not keys:
+            return {}
+        edges = self.blocking_edges()
+        if not edges:
+            return {}
+        with_pending = self.policy.on_referenced == "anonymise"
+        selects = [self._referenced_keys(e, lambda t: key_filter(t.c[self.key.name]), with_pending=with_pending)
+                   for e in edges]
+        stmt = selects[0] if len(selects) == 1 else sa.union(*selects)
+        return {row[0]: with_pending and bool(row[1]) for row in conn.execute(stmt)}
+
+    def owned_filter(self, member: str, table: sa.FromClause,
+                     policy_keys: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]) -> sa.ColumnElement[bool]:
+        """Rows of cascade table ``member`` that hang under the policy rows whose key passes ``policy_keys``."""
+        edge = self.tree[member]
+        parent = self.schema.tables[edge.parent]
+        if edge.parent == self.policy.table:
+            if len(edge.child_cols) == 1 and edge.parent_cols[0] == self.key.name:
+                return policy_keys(table.c[edge.child_cols[0]])
+            parent_filter = policy_keys(parent.c[self.key.name])
+        else:
+            parent_filter = self.owned_filter(edge.parent, parent, policy_keys)
+        if len(edge.child_cols) == 1:
+            return table.c[edge.child_cols[0]].in_(sa.select(parent.c[edge.parent_cols[0]]).where(parent_filter))
+        return sa.tuple_(*[table.c[c] for c in edge.child_cols]).in_(
+            sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
+        )
+
+    def _removable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        """:meth:`removable`, with the blocked keys as one NOT IN (no per-row EXISTS)."""
+        edges = self.blocking_edges() if self.policy.action == "delete" else []
+        if not edges:
+            return self.due(t)
+        selects = [self._referenced_keys(e, self.due) for e in edges]
+        blocked = selects[0] if len(selects) == 1 else sa.union(*selects)
+        return sa.and_(self.due(t), t.c[self.key.name].not_in(blocked))
+
     # -- counting ---------------------------------------------------------------------------
     def count(self, conn: sa.Connection) -> Counts:
         t = self.table
@@ -187,42 +256,72 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
-        blocked = self.blocked(t)
-        columns = [tally(self.held_match(t)), tally(self.not_held(t)), tally(sa.and_(self.not_held(t), blocked))]
-        if self.policy.on_referenced == "anonymise" and self.policy.action == "delete":
-            columns.append(tally(sa.and_(self.not_held(t), blocked, self.pending(t))))
-        row = conn.execute(sa.select(*columns).select_from(t).where(self.past_term(t))).one()
+        row = conn.execute(
+            sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
+        ).one()
         total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=int(row[2]),
-                        to_anonymise=int(row[3]) if len(row) > 3 else 0)
-        if counts.deferred:
-            for edge in self.blocking_edges():
-                n = conn.execute(
-                    sa.select(sa.func.count()).select_from(t).where(self.due(t), self.referenced_by(edge, t))
-                ).scalar_one()
-                if n:
-                    counts.reasons[edge.child] = counts.reasons.get(edge.child, 0) + int(n)
+        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
+        edges = self.blocking_edges() if self.policy.action == "delete" else []
+        if not edges or not counts.due:
+            return counts
+        # Per blocking edge the distinct due keys it holds back; the database takes the union
+        # (a key held back by two tables is deferred once) and counts per edge for the reasons.
+        anonymise = self.policy.on_referenced == "anonymise"
+        parts = [self._referenced_keys(e, self.due, tag=i, with_pending=anonymise) for i, e in enumerate(edges)]
+        u = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("rt_u")
+        per_edge = [sa.func.max(sa.case((u.c.rt_e == i, 1), else_=0)).label(f"rt_e{i}") for i in range(len(edges))]
+        per_key_cols = [u.c.rt_k, *per_edge]
+        if anonymise:
+            per_key_cols.append(sa.func.max(u.c.rt_p).label("rt_p"))
+        per_key = sa.select(*per_key_cols).group_by(u.c.rt_k).subquery("rt_pk")
+        sums = [sa.func.coalesce(sa.func.sum(per_key.c[f"rt_e{i}"]), 0) for i in range(len(edges))]
+        if anonymise:
+            sums.append(sa.func.coalesce(sa.func.sum(per_key.c.rt_p), 0))
+        agg = conn.execute(sa.select(sa.func.count(), *sums).select_from(per_key)).one()
+        counts.deferred = int(agg[0])
+        for i, edge in enumerate(edges):
+            n = int(agg[1 + i])
+            if n:
+                counts.reasons[edge.child] = counts.reasons.get(edge.child, 0) + n
+        if anonymise:
+            counts.to_anonymise = int(agg[1 + len(edges)])
         return counts
 
     def cascade_counts(self, conn: sa.Connection) -> dict[str, int]:
         """Child rows that removing the removable rows takes with them (for the preview)."""
-        result = {}
+        result: dict[str, int] = {}
+        if not self.tree:
+            return result
+        # Driven from the removable rows (the due index, then each child's foreign-key index), as
+        # a join: every cascade row hangs under exactly one row (foreign keys point at unique
+        # columns), so count(*) over the join counts each of them once.
+        t = self.table.alias("rt_r")
+        removable = self._removable(t)
         for member in self.tree:
-            alias, conds = self._owned(member, self.table)
-            n = conn.execute(
-                sa.select(sa.func.count()).select_from(alias).where(
-                    sa.exists().where(*conds, self.removable(self.table))
-                )
-            ).scalar_one()
+            alias, conds = self._owned(member, t)
+            n = conn.execute(sa.select(sa.func.count()).select_from(t).where(*conds, removable)).scalar_one()
             result[member] = int(n)
         return result
 
     def sample(self, conn: sa.Connection, n: int = SAMPLE_SIZE) -> list[Any]:
+        """The first keys the run would change: due, and not blocked (or blocked but still to anonymise)."""
         t = self.table
-        pred = sa.or_(self.removable(t), self.anonymisable(t)) if self.policy.on_referenced == "anonymise" \
-            else self.removable(t)
-        rows = conn.execute(sa.select(self.key).where(pred).order_by(self.key).limit(n))
-        return [_jsonable(r[0]) for r in rows]
+        found: list[Any] = []
+        last: Any = None
+        chunk = 100
+        while len(found) < n:
+            query = sa.select(self.key).where(self.due(t))
+            if last is not None:
+                query = query.where(self.key > last)
+            keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
+            if not keys:
+                break
+            blocked = self.blocked_among(conn, keys, lambda col, ks=keys: col.in_(ks))
+            anonymise = self.policy.on_referenced == "anonymise"
+            found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
+            last = keys[-1]
+            chunk = min(chunk * 4, 10_000)
+        return [_jsonable(k) for k in found[:n]]
 
     def touched(self, counts: Counts) -> int:
         """Rows of the policy's own table this run would change (what the safety guard weighs)."""

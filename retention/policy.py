@@ -136,7 +136,7 @@ class Policy(_Strict):
     # selected again. Without it, the `redact`/`null` fields tell an anonymised row apart.
     marker: str | None = None
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
 
     @field_validator("name")
     @classmethod

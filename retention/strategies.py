@@ -3,7 +3,7 @@
 
 Anonymisation must be irreversible, so no strategy derives its value from the old value in
 a way that could be reversed or matched: constants, fresh random fakes (Faker seeded from
-the operating system's randomness, sampled with :class:`random.SystemRandom`), or a coarser
+the operating system's randomness, sampled with a :class:`random.Random` seeded from ``os.urandom``), or a coarser
 value (a year, a postcode's digits) that many people share. There is deliberately no hash.
 
 Three kinds, because they are applied differently:
@@ -222,19 +222,29 @@ class FakePool:
     """Fake values generated once per run and sampled per row.
 
     Faker is slow (~17k rows/s for a handful of fields); a pool of a few thousand values per
-    strategy, sampled with the operating system's randomness, costs nothing per row and carries
-    nothing of the row it replaces.
+    strategy costs nothing per row. The pool is sampled with a :class:`random.Random` seeded
+    once per run from ``os.urandom(32)`` (Faker itself from ``os.urandom(16)``): the values
+    depend on nothing but fresh operating-system randomness, so they carry nothing of the row
+    they replace, and no value can be matched back to an old one. Faker is only loaded when a
+    fake value is first needed.
     """
 
     def __init__(self, locale: str, size: int = POOL_SIZE) -> None:
-        from faker import Faker
-
-        self._faker = Faker(locale)
-        self._faker.seed_instance(int.from_bytes(os.urandom(16), "big"))
+        self._locale = locale
+        self._faker_instance: Any = None
         self._size = size
         self._pools: dict[tuple[str, str], list[Any]] = {}
         self._used: dict[tuple[str, str], set[Any]] = {}
-        self._random = random.SystemRandom()
+        self._random = random.Random(os.urandom(32))
+
+    @property
+    def _faker(self) -> Any:
+        if self._faker_instance is None:
+            from faker import Faker
+
+            self._faker_instance = Faker(self._locale)
+            self._faker_instance.seed_instance(int.from_bytes(os.urandom(16), "big"))
+        return self._faker_instance
 
     def _pool(self, provider: str, col: sa.Column[Any]) -> list[Any]:
         key = (provider, f"{col.table.name}.{col.name}")

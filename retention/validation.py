@@ -39,7 +39,9 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         for name in needed:
             url = model.databases[name].url
             _refuse_missing_sqlite_file(name, url)
-            engine = dialects.create_engine(url, readonly=readonly)
+            # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
+            engine = dialects.create_engine(url, readonly=readonly,
+                                            secure_delete=model.databases[name].purge != "none")
             engines[name] = engine
             dialects.check_reachable(engine, url)
         schemas: dict[str, Schema] = {}

@@ -217,7 +217,7 @@ def test_defaults_of_the_optional_keys(tmp_path: Path) -> None:
     assert policy.database is None and model.database_of(policy) == "shop"
     assert (policy.key, policy.minimum, policy.align, policy.fields) == (None, None, "none", None)
     assert (policy.exclude, policy.where, policy.cascade) == ({}, {}, [])
-    assert (policy.on_referenced, policy.marker, policy.max_fraction, policy.batch_size) == ("defer", None, 0.5, 2000)
+    assert (policy.on_referenced, policy.marker, policy.max_fraction, policy.batch_size) == ("defer", None, 0.5, 5000)
     assert policy.basis is None and policy.description is None
 
 
