@@ -172,15 +172,6 @@ class Plan:
         edges = self.blocking_edges()
         return sa.or_(*[self.referenced_by(e, t) for e in edges]) if edges else sa.false()
 
-    def removable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        if self.policy.action == "anonymise":
-            return self.due(t)
-        return sa.and_(self.due(t), sa.not_(self.blocked(t)))
-
-    def anonymisable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        """Deferred rows that on_referenced: anonymise still has to anonymise."""
-        return sa.and_(self.due(t), self.blocked(t), self.pending(t))
-
     # -- references, per key ---------------------------------------------------------------
     def _referenced_keys(self, edge: Edge, restrict: Pred, tag: int | None = None,
                          with_pending: bool = False) -> sa.Select[Any]:
@@ -239,8 +230,8 @@ class Plan:
             sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
         )
 
-    def _removable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        """:meth:`removable`, with the blocked keys as one NOT IN (no per-row EXISTS)."""
+    def removable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        """Due and not blocked, with the blocked keys as one NOT IN (no per-row EXISTS)."""
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges:
             return self.due(t)
@@ -296,7 +287,7 @@ class Plan:
         # a join: every cascade row hangs under exactly one row (foreign keys point at unique
         # columns), so count(*) over the join counts each of them once.
         t = self.table.alias("rt_r")
-        removable = self._removable(t)
+        removable = self.removable(t)
         for member in self.tree:
             alias, conds = self._owned(member, t)
             n = conn.execute(sa.select(sa.func.count()).select_from(t).where(*conds, removable)).scalar_one()

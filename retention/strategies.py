@@ -20,7 +20,7 @@ import datetime as dt
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -110,7 +110,6 @@ class Generalise(Strategy):
 @dataclass(frozen=True)
 class Fake(Strategy):
     provider: str = ""
-    _example: Any = field(default=None, compare=False)
 
     def check(self, col: sa.Column[Any]) -> str | None:
         sample = fake_sample(self.provider)
