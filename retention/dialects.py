@@ -17,13 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from retention.errors import DatabaseUnreachable
+from retention.logs import redact_url
 
 
-def redact_url(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable database URL>"
+def _without_url(text: str, url: str) -> str:
+    """An error text with the URL (and so its password) replaced by its redacted form."""
+    return text.replace(url, redact_url(url))
 
 
 def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) -> sa.Engine:
@@ -36,7 +35,8 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) 
         parsed = sa.engine.make_url(url)
         engine = sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     except Exception as exc:
-        raise DatabaseUnreachable(f"cannot use database URL {redact_url(url)}: {exc}") from None
+        reason = _without_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise DatabaseUnreachable(f"cannot use database URL {redact_url(url)}: {reason}") from None
     name = engine.dialect.name
 
     @event.listens_for(engine, "connect")
@@ -78,7 +78,7 @@ def check_reachable(engine: sa.Engine, url: str) -> None:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {reason}") from None
+        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_without_url(reason, url)}") from None
 
 
 def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
