@@ -66,11 +66,10 @@ def pending(policy: Policy, t: sa.FromClause) -> sa.ColumnElement[bool]:
     """
     if policy.marker:
         return t.c[policy.marker].is_(None)
-    specs = {c: strategies.resolve(s) for c, s in (policy.fields or {}).items()}
-    redacts = [c for c, s in specs.items() if s.name == "redact"]
-    if redacts:
-        return sa.or_(*[_differs(t, c, specs[c].value(t.c[c])) for c in redacts])
-    return sa.or_(*[t.c[c].is_not(None) for c in specs])
+    found = strategies.witnesses(policy.fields or {})
+    assert found is not None, f"policy {policy.name!r}: validation lets no undetectable anonymisation through"
+    # Not yet done: some witness still differs from what the strategy writes (NULL or the marker text).
+    return sa.or_(*[_differs(t, c, s.value(t.c[c])) for c, s in found.items()])
 
 
 @dataclass

@@ -161,7 +161,8 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
         marker = column(policy.marker, "marker")
         if marker is not None and not (isinstance(marker.type, sa.DateTime) and marker.nullable):
             problems.append(("marker", f"column '{marker.name}' must be a nullable datetime column"))
-    if policy.anonymises and policy.fields and policy.marker is None and not _detectable(policy):
+    if policy.anonymises and policy.fields and policy.marker is None \
+            and strategies.witnesses(policy.fields) is None:
         problems.append((
             "fields",
             "cannot tell an anonymised row from one still to do: add a `redact` field, "
@@ -185,12 +186,6 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
                         f"ON {child} ({cols})"
                     )
     return problems, warnings
-
-
-def _detectable(policy: Policy) -> bool:
-    """Whether the fields alone tell an anonymised row apart (see planning.pending)."""
-    specs = [strategies.resolve(s) for s in (policy.fields or {}).values()]
-    return any(s.name == "redact" for s in specs) or all(s.name == "null" for s in specs)
 
 
 def locate(model: PolicyFile, policy: Policy, key: str) -> str:

@@ -155,6 +155,22 @@ def _registry_key(spec: str | None) -> str | None:
     return spec if spec in _REGISTRY else None
 
 
+def witnesses(fields: dict[str, str | None]) -> dict[str, Strategy] | None:
+    """The fields that show whether a row was already anonymised, or None when none can.
+
+    A ``redact`` field is a reliable witness: it is always set to its marker text. With only
+    ``null`` fields, a row whose fields are all NULL is done. Fakes and generalisations leave
+    values that look like any other, so they witness nothing.
+    """
+    specs = {column: resolve(spec) for column, spec in fields.items()}
+    redacts = {column: s for column, s in specs.items() if s.name == "redact"}
+    if redacts:
+        return redacts
+    if specs and all(s.name == "null" for s in specs.values()):
+        return specs
+    return None
+
+
 def names() -> list[str]:
     return list(_REGISTRY)
 
