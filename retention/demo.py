@@ -753,6 +753,21 @@ def _existing_rows(engine: sa.Engine, md: sa.MetaData) -> dict[str, int]:
     return found
 
 
+def parse_today(text: str, now: datetime.date | None = None) -> datetime.date:
+    """The day the demo data ends (``retention demo --as-of``): an ISO date, not in the future.
+
+    A shop built up to an earlier day and enforced today holds the backlog of every term that
+    passed in between, as on the first run in a shop that never enforced its terms.
+    """
+    try:
+        day = datetime.date.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"demo: --as-of {text!r} is not a date; write it as YYYY-MM-DD, e.g. 2024-11-24") from None
+    if day > (now or datetime.date.today()):
+        raise InvalidInput(f"demo: --as-of {day} is in the future; the demo shop can only hold the past")
+    return day
+
+
 def create_shop(
     engine: sa.Engine,
     accounts: int = 10_000,

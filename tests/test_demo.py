@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from helpers import invoke
 
 from retention import demo
 from retention.demo import TABLES, DemoSummary, build_demo, create_shop, shop_metadata
@@ -432,4 +433,41 @@ def test_a_failed_build_leaves_no_half_built_file(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         build_demo(path, accounts=10, today=TODAY, progress=fail)
+    assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- retention demo --as-of
+
+
+def test_demo_as_of_builds_the_shop_up_to_that_day_and_leaves_a_backlog(tmp_path: Path) -> None:
+    """`retention demo --as-of DAY` ends the data before DAY; enforced two years later, the shop holds
+    the backlog of a first run: far more than the calibrated share of accounts and tickets is due."""
+    path = tmp_path / "backlog.db"
+    result = invoke(["demo", "--path", str(path), "--accounts", "1500", "--seed", "5", "--as-of", "2024-11-24"])
+    assert result.exit_code == 0, result
+    assert f"{path}: 1500 accounts" in result.stdout
+    conn = sqlite3.connect(path)
+    try:
+        latest = [one(conn, f"SELECT max({c}) FROM {t}") for t, cs in DATETIME_COLUMNS.items() for c in cs]
+        assert max(latest) < "2024-11-24"
+        # Enforced on TODAY, the terms of every account deregistered before 2024-11-24 have passed.
+        fractions = due_fractions(conn, ACCOUNT_CUT, INVOICE_CUT, TICKET_CUT)
+    finally:
+        conn.close()
+    assert 0.30 < fractions["accounts"] < 0.45, fractions
+    assert fractions["correspondence"] > 0.8, fractions
+
+
+@pytest.mark.parametrize(
+    ("as_of", "message"),
+    [
+        ("2999-01-01", "demo: --as-of 2999-01-01 is in the future"),
+        ("24-11-2024", "demo: --as-of '24-11-2024' is not a date; write it as YYYY-MM-DD"),
+    ],
+)
+def test_demo_as_of_rejects_a_future_day_or_a_non_date_with_exit_2(tmp_path: Path, as_of: str, message: str) -> None:
+    path = tmp_path / "never.db"
+    result = invoke(["demo", "--path", str(path), "--accounts", "10", "--as-of", as_of])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
     assert not path.exists()
