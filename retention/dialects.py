@@ -86,6 +86,11 @@ def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
     return select if dialect == "sqlite" else select.with_for_update()
 
 
+def _json_scalar(value: Any) -> Any:
+    """JSON for what json.dumps does not know (dates, decimals, UUIDs): the text PostgreSQL parses."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _all_int(keys: Sequence[Any]) -> bool:
     return all(type(k) is int for k in keys)
 
@@ -130,29 +135,45 @@ def bulk_update(
     key: sa.Column[Any],
     keys: Sequence[Any],
     values: dict[str, list[Any]],
-) -> None:
-    """Write a different value per row for each column in ``values``, in bulk, never row by row."""
-    if not values or not keys:
-        return
+    constants: dict[str, Any] | None = None,
+) -> int:
+    """Write a different value per row for each column in ``values`` and the same SQL value or
+    expression for each column in ``constants``, in bulk, never row by row. Returns the number
+    of rows changed.
+
+    PostgreSQL and MariaDB write both kinds in one UPDATE: a second UPDATE of the same rows
+    would write every row version twice (PostgreSQL) or every row twice (InnoDB's undo log).
+    """
+    constants = constants or {}
+    if not keys or not (values or constants):
+        return 0
     dialect = conn.dialect.name
     names = list(values)
+    if not values:
+        return int(conn.execute(table.update().where(key_in(key, keys, dialect)).values(constants)).rowcount)
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        # One UPDATE ... FROM unnest(arrays): a single round trip for the whole batch.
-        arrays = [sa.bindparam(f"k_{i}", values[n], type_=postgresql.ARRAY(table.c[n].type))
-                  for i, n in enumerate(names)]
-        keyarr = sa.bindparam("k_key", list(keys), type_=postgresql.ARRAY(key.type))
-        # render_derived: "AS rt_src(rt_key, col, ...)", without which PostgreSQL names the
-        # unnest output columns itself and "rt_src.k" does not exist.
-        src = sa.func.unnest(keyarr, *arrays).table_valued("rt_key", *names).render_derived(name="rt_src")
+        # One UPDATE ... FROM json_array_elements(:rows): a single round trip and a single text
+        # parameter for the whole batch, made by json's C encoder from row lists (psycopg
+        # quotes text arrays element by element in Python, which cost more than the UPDATE).
+        payload = json.dumps(list(zip(keys, *[values[n] for n in names], strict=True)), default=_json_scalar)
+        rows = sa.cast(sa.bindparam("rt_rows", payload, type_=sa.Text), postgresql.JSON)
+        src = sa.func.json_array_elements(rows).table_valued("value").render_derived(name="rt_src")
+        item = src.c.value.op("->>", return_type=sa.Text)
+
+        def field(i: int, type_: Any) -> sa.ColumnElement[Any]:
+            return sa.cast(item(sa.literal_column(str(i))), type_)
+
+        # The extra key range (the batch is a keyset slice) lets the planner reach the rows by
+        # the primary key; with the join alone it hashes a sequential scan of the whole table
+        # for every batch.
         stmt = (
             table.update()
-            .where(key == src.c.rt_key)
-            .values({n: src.c[n] for n in names})
+            .where(key == field(0, key.type), key.between(min(keys), max(keys)))
+            .values({**{n: field(i + 1, table.c[n].type) for i, n in enumerate(names)}, **constants})
         )
-        conn.execute(stmt)
-        return
+        return int(conn.execute(stmt).rowcount)
     if dialect == "mysql":
         # executemany of UPDATEs is ~40x slower on MariaDB than a temp table joined once.
         tmp = sa.Table(
@@ -166,10 +187,10 @@ def bulk_update(
         try:
             rows = [{"rt_key": k, **{n: values[n][i] for n in names}} for i, k in enumerate(keys)]
             conn.execute(tmp.insert(), rows)
-            conn.execute(table.update().where(key == tmp.c.rt_key).values({n: tmp.c[n] for n in names}))
+            joined = table.update().where(key == tmp.c.rt_key).values({**{n: tmp.c[n] for n in names}, **constants})
+            return int(conn.execute(joined).rowcount)
         finally:
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE {conn.dialect.identifier_preparer.quote(tmp.name)}")
-        return
     # SQLite: one prepared UPDATE by key, executemany'd by the driver itself (SQLAlchemy's own
     # executemany builds a parameter dict per row); values go through the column types' own
     # bind processing, so dates are stored exactly as SQLAlchemy stores them.
@@ -181,7 +202,12 @@ def bulk_update(
            + f" WHERE {prep.quote(key.name)} = ?")
     columns = [values[n] if p is None else [p(v) for v in values[n]] for n, p in zip(names, procs, strict=True)]
     key_values = list(keys) if key_proc is None else [key_proc(k) for k in keys]
+    # SQLite rewrites a row in place, so the constants' own UPDATE costs little here.
+    count = len(keys)
+    if constants:
+        count = int(conn.execute(table.update().where(key_in(key, keys, dialect)).values(constants)).rowcount)
     conn.exec_driver_sql(sql, list(zip(*columns, key_values, strict=True)))
+    return count
 
 
 def lock_id(name: str) -> int:

@@ -41,6 +41,11 @@ def _key_in(col: sa.ColumnElement[Any], *, keys: list[Any], dialect: str) -> sa.
     return dialects.key_in(col, keys, dialect)
 
 
+def _audit_keys(keys: list[Any]) -> list[Any]:
+    # Integer keys (the common case) go to the log as they are; others as their JSON text.
+    return keys if all(type(k) is int for k in keys) else [_jsonable(k) for k in keys]
+
+
 def _test_hook(point: str) -> None:
     # Lets the crash-recovery tests kill the process at an exact point (kill -9 semantics).
     if os.environ.get("RETENTION_TEST_KILL_AT") == point:
@@ -84,7 +89,7 @@ class Executor:
                 if last is not None:
                     query = query.where(key > last)
                 query = dialects.lock_rows(query.order_by(key).limit(plan.policy.batch_size), self.dialect)
-                keys = [row[0] for row in conn.execute(query)]
+                keys = list(conn.execute(query).scalars().all())  # fetchall, not a fetch per row
                 if not keys:
                     return
                 last = keys[-1]
@@ -111,7 +116,7 @@ class Executor:
                     self.audit.append(
                         "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
                         action=action, state="intent", batch=batch, key_column=key.name,
-                        keys=[_jsonable(k) for k in changed], columns=columns, count=count, cascaded=cascaded,
+                        keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
                     )
                     written.append((batch, action, count, cascaded))
                 _test_hook("intent")
@@ -163,8 +168,6 @@ class Executor:
                 set_values[column] = strategy.value(col)
         if plan.policy.marker:
             set_values[plan.policy.marker] = self.marker_value
-        where = dialects.key_in(plan.key, keys, self.dialect)
-        count = conn.execute(t.update().where(where).values(set_values)).rowcount if set_values else len(keys)
-        dialects.bulk_update(conn, t, plan.key, keys, per_row)
+        count = dialects.bulk_update(conn, t, plan.key, keys, per_row, set_values)
         return "anonymise", sorted([*plan.strategies, *([plan.policy.marker] if plan.policy.marker else [])]), \
             count, {}

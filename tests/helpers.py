@@ -209,11 +209,11 @@ def scalar(engine: sa.Engine, sql: str, **params: Any) -> Any:
         return conn.execute(sa.text(sql), params).scalar()
 
 
-def rows_by_id(engine: sa.Engine, table: str) -> dict[Any, dict[str, Any]]:
-    """Rows of a table by ``id``, typed by the reflected columns (dates as dates on SQLite too)."""
+def rows_by_id(engine: sa.Engine, table: str, key: str = "id") -> dict[Any, dict[str, Any]]:
+    """Rows of a table by ``key``, typed by the reflected columns (dates as dates on SQLite too)."""
     t = sa.Table(table, sa.MetaData(), autoload_with=engine)
     with engine.connect() as conn:
-        return {r["id"]: dict(r) for r in conn.execute(sa.select(t).order_by(t.c.id)).mappings()}
+        return {r[key]: dict(r) for r in conn.execute(sa.select(t).order_by(t.c[key])).mappings()}
 
 
 def file_sha256(path: str | Path) -> str:

@@ -231,3 +231,43 @@ def test_fakes_on_a_unique_column_are_distinct(db: TestDatabase, tmp_path: Path)
     emails = [row["email"] for row in rows_by_id(db.engine, "users").values()]
     assert len(set(emails)) == 400
     assert not any(e.endswith("@old.example") for e in emails)
+
+
+def test_typed_fakes_and_a_text_key_are_written_in_one_bulk_update(db: TestDatabase, tmp_path: Path) -> None:
+    """Per-row fakes of other types than text (a DATE from fake.date_of_birth, an INTEGER from
+    fake.random_int) beside a constant, on a table keyed by text: every due row gets values of the
+    column's type, the constant lands too, and rows inside their term keep theirs. Pins the bulk
+    paths (PostgreSQL's JSON rows cast per column, MariaDB's temp table, SQLite's executemany)."""
+    md = sa.MetaData()
+    clients = sa.Table(
+        "clients", md,
+        sa.Column("code", sa.String(12), primary_key=True),
+        sa.Column("left_at", sa.DateTime, nullable=True),
+        sa.Column("born", sa.Date, nullable=True),
+        sa.Column("house_number", sa.Integer, nullable=True),
+        sa.Column("note", sa.String(100), nullable=True),
+    )
+    md.create_all(db.engine)
+    born = dt.date(1901, 2, 3)
+    with db.engine.begin() as conn:
+        conn.execute(clients.insert(), [
+            {"code": f"K-{i:04d}", "left_at": dt.datetime(2020 if i <= 30 else 2026, 1, 1), "born": born,
+             "house_number": 100_000 + i, "note": f"secret {i}"}
+            for i in range(1, 41)
+        ])
+    before = rows_by_id(db.engine, "clients", key="code")
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [people_policy(
+        name="clients", table="clients", key="code", batch_size=7,
+        fields={"born": "fake.date_of_birth", "house_number": "fake.random_int", "note": "redact"},
+    )])
+    result = run_cli(pf)
+    assert result.exit_code == 0, result
+    assert result.policy("clients")["applied"] == 30
+    after = rows_by_id(db.engine, "clients", key="code")
+    for code, row in after.items():
+        if int(code[2:]) <= 30:
+            assert isinstance(row["born"], dt.date) and row["born"] != born, row
+            assert isinstance(row["house_number"], int) and row["house_number"] < 100_000, row
+            assert row["note"] == "[verwijderd]", row
+        else:
+            assert row == before[code]
