@@ -229,17 +229,11 @@ class Plan:
             sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
         )
 
-    def removable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        """Due and not blocked, with the blocked keys as one NOT IN (no per-row EXISTS)."""
-        edges = self.blocking_edges() if self.policy.action == "delete" else []
-        if not edges:
-            return self.due(t)
-        selects = [self._referenced_keys(e, self.due) for e in edges]
-        blocked = selects[0] if len(selects) == 1 else sa.union(*selects)
-        return sa.and_(self.due(t), t.c[self.key.name].not_in(blocked))
-
     # -- counting ---------------------------------------------------------------------------
-    def count(self, conn: sa.Connection) -> Counts:
+    def count(self, conn: sa.Connection, cascade: bool = False) -> Counts:
+        """Total, held, due and deferred rows (with reasons and how many to anonymise instead);
+        with ``cascade``, also the cascade rows removing the removable rows takes with them
+        (``Counts.cascaded``, for the preview)."""
         t = self.table
         one = sa.literal(1)
 
@@ -253,6 +247,9 @@ class Plan:
         counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:
+            if cascade and self.tree:
+                found = conn.execute(sa.select(*self._cascade_columns(self.due))).one()
+                counts.cascaded = {m: int(n) for m, n in zip(self.tree, found, strict=True)}
             return counts
         # Per blocking edge the distinct due keys it holds back; the database takes the union
         # (a key held back by two tables is deferred once) and counts per edge for the reasons.
@@ -263,10 +260,18 @@ class Plan:
         per_key_cols = [u.c.rt_k, *per_edge]
         if anonymise:
             per_key_cols.append(sa.func.max(u.c.rt_p).label("rt_p"))
-        per_key = sa.select(*per_key_cols).group_by(u.c.rt_k).subquery("rt_pk")
-        sums = [sa.func.coalesce(sa.func.sum(per_key.c[f"rt_e{i}"]), 0) for i in range(len(edges))]
+        # A CTE: with cascade counts it is read twice, and the databases compute it once.
+        per_key = sa.select(*per_key_cols).group_by(u.c.rt_k).cte("rt_pk")
+        sums: list[sa.ColumnElement[Any]] = [
+            sa.func.coalesce(sa.func.sum(per_key.c[f"rt_e{i}"]), 0) for i in range(len(edges))
+        ]
         if anonymise:
             sums.append(sa.func.coalesce(sa.func.sum(per_key.c.rt_p), 0))
+        if cascade and self.tree:
+            # Removable = due and not among the held-back keys just collected.
+            sums += self._cascade_columns(
+                lambda r: sa.and_(self.due(r), r.c[self.key.name].not_in(sa.select(per_key.c.rt_k)))
+            )
         agg = conn.execute(sa.select(sa.func.count(), *sums).select_from(per_key)).one()
         counts.deferred = int(agg[0])
         for i, edge in enumerate(edges):
@@ -275,23 +280,24 @@ class Plan:
                 counts.reasons[edge.child] = counts.reasons.get(edge.child, 0) + n
         if anonymise:
             counts.to_anonymise = int(agg[1 + len(edges)])
+        if cascade and self.tree:
+            found = agg[1 + len(edges) + int(anonymise):]
+            counts.cascaded = {m: int(n) for m, n in zip(self.tree, found, strict=True)}
         return counts
 
-    def cascade_counts(self, conn: sa.Connection) -> dict[str, int]:
-        """Child rows that removing the removable rows takes with them (for the preview)."""
-        result: dict[str, int] = {}
-        if not self.tree:
-            return result
-        # Driven from the removable rows (the due index, then each child's foreign-key index), as
-        # a join: every cascade row hangs under exactly one row (foreign keys point at unique
-        # columns), so count(*) over the join counts each of them once.
+    def _cascade_columns(self, removable: Pred) -> list[sa.ScalarSelect[Any]]:
+        """Per cascade table, the number of its rows under the rows ``removable`` selects.
+
+        Driven from the removable rows (the due index, then each child's foreign-key index), as
+        a join: every cascade row hangs under exactly one row (foreign keys point at unique
+        columns), so count(*) over the join counts each of them once.
+        """
         t = self.table.alias("rt_r")
-        removable = self.removable(t)
+        columns = []
         for member in self.tree:
-            alias, conds = self._owned(member, t)
-            n = conn.execute(sa.select(sa.func.count()).select_from(t).where(*conds, removable)).scalar_one()
-            result[member] = int(n)
-        return result
+            _alias, conds = self._owned(member, t)
+            columns.append(sa.select(sa.func.count()).select_from(t).where(*conds, removable(t)).scalar_subquery())
+        return columns
 
     def sample(self, conn: sa.Connection, n: int = SAMPLE_SIZE) -> list[Any]:
         """The first keys the run would change: due, and not blocked (or blocked but still to anonymise)."""
@@ -328,6 +334,7 @@ class Counts:
     deferred: int
     to_anonymise: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    cascaded: dict[str, int] = field(default_factory=dict)
 
 
 def _jsonable(value: Any) -> Any:

@@ -182,7 +182,7 @@ def execute_run(
                         basis=plan.policy.basis, dry_run=dry_run)
             try:
                 with engine.connect() as conn:
-                    counts = plan.count(conn)
+                    counts = plan.count(conn, cascade=dry_run)
                     _set_counts(outcome, counts)
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
                     if share > plan.policy.max_fraction and not force:
@@ -193,7 +193,7 @@ def execute_run(
                             f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)"
                         )
                     elif dry_run:
-                        outcome.cascaded = plan.cascade_counts(conn)
+                        outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn)
                         outcome.anonymised = counts.to_anonymise
                     conn.rollback()
