@@ -198,6 +198,11 @@ def ensure_sqlite_source(work: Path, accounts: int, data_day: dt.date, retention
     return path, seconds
 
 
+def next_night(as_of: str) -> str:
+    """The as-of moment one day later (the next nightly run)."""
+    return (dt.datetime.fromisoformat(as_of) + dt.timedelta(days=1)).isoformat()
+
+
 def data_day(as_of: str, backlog_years: int) -> dt.date:
     """The day the demo data ends: ``backlog_years`` before the run's as-of date (29 Feb -> 28 Feb)."""
     day = dt.date.fromisoformat(as_of[:10])
@@ -587,6 +592,21 @@ class Bench:
                     sample["reset_s"] = reset_s
                     add(f"{method}:{kind}", sample)
 
+            # (f) the whole shop's first run, then the next night's preview on the enforced database:
+            # what the DPO's preview costs on an ordinary day, once the backlog is gone.
+            target.reset(list(TABLES))
+            work_shop = write_policy(rep_dir / "shop-work.yaml", target.work_url, "none", audit, SHOP_POLICIES)
+            res = self.retention_cmd(work_shop, rep_dir, "run", "--as-of", a.as_of, "--format", "json")
+            add("shoprun", {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]})
+            res = self.retention_cmd(work_shop, rep_dir, "run", "--dry-run", "--as-of", next_night(a.as_of),
+                                     "--format", "json")
+            nxt = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
+            try:
+                nxt["due"] = {p["name"]: p["due"] for p in json.loads(res["stdout"])["policies"]}
+            except (ValueError, KeyError):
+                nxt["error"] = res["stderr"][-300:]
+            add("dryrun_next", nxt)
+
             # (e) verify the repetition's audit log
             res = self.retention_cmd(none_file, rep_dir, "audit", "verify", "--log", str(audit))
             size = audit.stat().st_size if audit.exists() else 0
@@ -793,9 +813,11 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{fmt(p_big, '.0f')} MB (one size only)", "≤ 1.3x and < 300 MB",
                 None if not p_big else (False if p_big >= 300 else None))
         if db in ("sqlite", "postgresql"):
-            d = med(run["samples"].get("dryrun"))
-            add("dry-run (all policies) ≤ 2 s", db, size, f"{fmt(d)} s [{spread(run['samples'].get('dryrun'))}]",
-                "≤ 2 s", None if d is None else d <= 2)
+            for name, what in (("dryrun", "first run's backlog"), ("dryrun_next", "next night, after the first run")):
+                d = med(run["samples"].get(name))
+                if d is not None:
+                    add(f"dry-run (all policies) ≤ 2 s: {what}", db, size,
+                        f"{fmt(d)} s [{spread(run['samples'].get(name))}]", "≤ 2 s", d <= 2)
     return out
 
 
@@ -893,8 +915,8 @@ def render(results: dict[str, Any]) -> str:
     w("## Purge, preview and audit verification\n")
     w("| database | accounts | delete purge none s | delete purge thorough s | purge step s (from the run) | "
       "purge result | SQLite raw DELETE with secure_delete=ON s | dry-run (all policies) s | dry-run peak RSS MB | "
-      "audit verify s | audit log lines | audit log MB |")
-    w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "first run, all policies s | next night's dry-run s | audit verify s | audit log lines | audit log MB |")
+    w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in runs:
         s = run["samples"]
         if not s:
@@ -906,20 +928,25 @@ def render(results: dict[str, Any]) -> str:
           f"{fmt(med(s.get('thorough:delete')))} | {fmt(med(s.get('thorough:delete'), 'purge_s'))} | "
           f"{presult[:160] or '–'} | {fmt(med(s.get('raw_secure:delete')), '.3f')} | {fmt(med(s.get('dryrun')))} | "
           f"{fmt(max((x.get('maxrss_mb', 0) for x in s.get('dryrun', [])), default=None), '.0f')} | "
+          f"{fmt(med(s.get('shoprun')))} | {fmt(med(s.get('dryrun_next')))} | "
           f"{fmt(med(s.get('verify')))} | {fmt(first(s.get('verify'), 'log_lines'), ',')} | "
           f"{fmt((first(s.get('verify'), 'log_bytes') or 0) / 1e6, '.1f')} |")
     w("")
-    w("The audit log verified is one repetition's: the dry-run plus one run per workload and the purge-thorough "
-      "delete, with every batch's keys.\n")
+    w("The dry-run column is the preview of the first run (the backlog). 'First run' enforces all the shop's "
+      "policies at once on a fresh copy; 'next night' is the preview one day later on that enforced database, "
+      "what a nightly preview costs once the backlog is gone. The audit log verified is one repetition's: the "
+      "previews, one run per workload, the purge-thorough delete and the shop run, with every batch's keys.\n")
 
     w("## Data\n")
     w("| database | accounts | source build s ('cached': built by an earlier run and reused) | "
-      "due per shop policy (dry-run) |")
-    w("| --- | ---: | ---: | --- |")
+      "due per shop policy (first run) | due the next night |")
+    w("| --- | ---: | ---: | --- | --- |")
     for run in runs:
         due = first(run["samples"].get("dryrun"), "due") or {}
+        nxt = first(run["samples"].get("dryrun_next"), "due") or {}
         w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {fmt(run['info'].get('build_s'), '.0f', 'cached')} | "
-          + ", ".join(f"{k} {v:,}" for k, v in due.items()) + " |")
+          + ", ".join(f"{k} {v:,}" for k, v in due.items()) + " | "
+          + ", ".join(f"{k} {v:,}" for k, v in nxt.items()) + " |")
     w("")
     w("Every sample (times, rows, exit codes, RSS, copy times) is in `bench/results.json`.\n")
     return "\n".join(md)
