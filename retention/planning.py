@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retention import strategies
+from retention import dialects, strategies
 from retention.dates import Cutoff
 from retention.policy import Policy
 from retention.schema import Edge, Schema, cascade_tree, key_column
@@ -85,6 +85,9 @@ class Plan:
     tree: dict[str, Edge] = field(init=False)
     earlier: list[Plan] = field(default_factory=list)
     blocked_by_guard: bool = False
+    # Set by count() on a range-blind database when much of the table is past its term: the
+    # dialect whose planner is then steered to scan the table rather than walk the index.
+    scan: str | None = None
 
     def __post_init__(self) -> None:
         self.table = self.schema.tables[self.policy.table]
@@ -104,6 +107,8 @@ class Plan:
 
     def past_term(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         after = t.c[self.policy.after]
+        if self.scan:
+            after = dialects.unindexed(after, self.scan)
         cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
         if self.policy.action == "anonymise":
@@ -230,12 +235,28 @@ class Plan:
         )
 
     # -- counting ---------------------------------------------------------------------------
+    def _choose_access(self, conn: sa.Connection, total: int) -> None:
+        """On a range-blind database, probe the ``after`` index: when more than a twentieth of
+        the table is past its term (a first run's backlog), have every later statement scan."""
+        dialect = conn.dialect.name
+        if not dialects.range_blind(dialect) or not total:
+            return
+        after = self.table.c[self.policy.after]
+        limit = max(1_000, total // 5)
+        probe = sa.select(sa.literal(1)).where(
+            after.is_not(None), _in_term_end(after, after, self.cutoff)
+        ).limit(limit).subquery()
+        found = conn.execute(sa.select(sa.func.count()).select_from(probe)).scalar_one()
+        self.scan = dialect if found >= limit else None
+
     def count(self, conn: sa.Connection, cascade: bool = False) -> Counts:
         """Total, held, due and deferred rows (with reasons and how many to anonymise instead);
         with ``cascade``, also the cascade rows removing the removable rows takes with them
         (``Counts.cascaded``, for the preview)."""
         t = self.table
         one = sa.literal(1)
+        total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+        self._choose_access(conn, int(total))
 
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
@@ -243,7 +264,6 @@ class Plan:
         row = conn.execute(
             sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
         ).one()
-        total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
         counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:

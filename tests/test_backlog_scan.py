@@ -1,0 +1,120 @@
+"""A first run's backlog: the same rows go whether the planner walks the index or scans.
+
+When more than a fifth of a table is past its term, SQLite (which has no range statistics) is
+steered to scan the table instead of fetching a third of it row by row through the ``after``
+index (planning.Plan._choose_access, dialects.unindexed). That changes every statement's text,
+so the boundary cases are checked again on a table large enough to take that path, and on
+PostgreSQL and MariaDB (where the path is off) for the same answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from helpers import ids, run_cli, write_policies
+
+if TYPE_CHECKING:
+    from conftest import TestDatabase
+
+D = dt.datetime
+OLD = 5_000  # ids 1..OLD happened in 2015: far past the term, most of the table
+HELD = 7
+EDGES = {
+    6001: D(2024, 2, 28, 12, 0),  # due at 2026-02-28 12:00
+    6002: D(2024, 2, 29, 10, 0),  # due at 2026-02-28 10:00 (the month-end window)
+    6003: D(2024, 2, 29, 10, 0, 1),  # one second later
+    6004: None,  # never due
+    6005: D(2024, 3, 1, 0, 0),  # due on 1 March
+}
+
+
+def create(engine: sa.Engine, old: int) -> None:
+    md = sa.MetaData()
+    events = sa.Table(
+        "events", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("happened_at", sa.DateTime, nullable=True, index=True),
+        sa.Column("legal_hold", sa.Boolean, nullable=True),
+    )
+    notes = sa.Table(
+        "event_notes", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("event_id", sa.Integer, sa.ForeignKey("events.id"), nullable=False, index=True),
+    )
+    md.create_all(engine)
+    rows: list[dict[str, Any]] = [
+        {"id": i, "happened_at": D(2015, 6, 1, 12, 0), "legal_hold": i == HELD} for i in range(1, old + 1)
+    ]
+    rows += [{"id": i, "happened_at": at, "legal_hold": False} for i, at in EDGES.items()]
+    with engine.begin() as conn:
+        conn.execute(events.insert(), rows)
+        conn.execute(notes.insert(), [{"id": 10_000 + i, "event_id": i} for i in (1, 2, HELD, 6002, 6003)])
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
+def policy_file(db: TestDatabase, tmp_path: Path) -> Path:
+    return write_policies(tmp_path / "policies.yaml", db.url, [{
+        "name": "events", "table": "events", "after": "happened_at", "retain": "24 months",
+        "action": "delete", "cascade": ["event_notes"], "exclude": {"legal_hold": True}, "max_fraction": 1.0,
+    }])
+
+
+def test_backlog_run_removes_exactly_the_due_rows_at_the_boundaries(db: TestDatabase, tmp_path: Path) -> None:
+    """5,000 old rows and the month-end edge cases: at 2026-02-28 10:00 the preview and the run take
+    the old rows (not the held one) and 2024-02-29 10:00 with their notes, and leave 10:00:01, 28 Feb
+    12:00, NULL and 1 March; on SQLite by scanning (the statements carry the unary-plus hint)."""
+    create(db.engine, OLD)
+    pf = policy_file(db, tmp_path)
+    due = set(range(1, OLD + 1)) - {HELD} | {6002}
+    with statements() as seen:
+        preview = run_cli(pf, "--dry-run", as_of="2026-02-28T10:00:00")
+        assert preview.exit_code == 0, preview
+        p = preview.policy("events")
+        assert (p["due"], p["held"], p["cascaded"]) == (len(due), 1, {"event_notes": 3})
+        result = run_cli(pf, as_of="2026-02-28T10:00:00")
+    assert result.exit_code == 0, result
+    assert result.policy("events")["applied"] == len(due)
+    assert result.policy("events")["cascaded"] == {"event_notes": 3}
+    assert ids(db.engine, "SELECT id FROM events") == {HELD, 6001, 6003, 6004, 6005}
+    assert ids(db.engine, "SELECT event_id FROM event_notes") == {HELD, 6003}
+    hinted = any("(+ " in s for s in seen)
+    assert hinted == (db.name == "sqlite")
+
+    again = run_cli(pf, as_of="2026-02-28T10:00:01")
+    assert (again.exit_code, again.policy("events")["applied"]) == (0, 1)
+    assert ids(db.engine, "SELECT id FROM events") == {HELD, 6001, 6004, 6005}
+
+
+def test_a_due_share_below_a_fifth_keeps_the_index(db: TestDatabase, tmp_path: Path) -> None:
+    """With 1,500 old rows among 10,005 (15%), nothing is hinted: the ``after`` index stays in use,
+    as on a normal night."""
+    create(db.engine, 1_500)
+    md = sa.MetaData()
+    events = sa.Table("events", md, autoload_with=db.engine)
+    with db.engine.begin() as conn:  # 8,500 recent rows: inside their term
+        conn.execute(events.insert(), [{"id": 20_000 + i, "happened_at": D(2026, 1, 1), "legal_hold": False}
+                                       for i in range(8_500)])
+    pf = policy_file(db, tmp_path)
+    with statements() as seen:
+        preview = run_cli(pf, "--dry-run", as_of="2026-02-28T10:00:00")
+    assert preview.exit_code == 0, preview
+    assert preview.policy("events")["due"] == 1_500 - 1 + 1  # the old rows but the held one, and 6002
+    assert not any("(+ " in s for s in seen)
