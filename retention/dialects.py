@@ -133,6 +133,14 @@ def range_blind(dialect: str) -> bool:
     return dialect == "sqlite"
 
 
+def prefers_semi_join(dialect: str) -> bool:
+    """Whether "policy rows referenced by a child" is best asked as ``EXISTS`` (a semi-join) when
+    counting over all due rows. PostgreSQL then skips the DISTINCT over a join (1M-account
+    backlog: 1.0 s instead of 1.6-1.8 s); SQLite drives a join from the child table, and
+    MariaDB is no faster either way, so they keep the DISTINCT join."""
+    return dialect == "postgresql"
+
+
 def unindexed(col: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
     """The column as a term no index serves, so the planner scans (SQLite: unary ``+``, a no-op)."""
     if dialect != "sqlite":
