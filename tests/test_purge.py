@@ -462,8 +462,9 @@ def test_mariadb_purge_levels(maria: tuple[TestDatabase, sa.Engine], level: str)
         assert bounds == (min(kept).decode(), max(kept).decode())
     else:
         assert bounds == (min(deleted | kept).decode(), max(deleted | kept).decode())
-        # Delete-marked records, then purged records, keep their bytes in the page.
-        assert len(found & deleted) > len(deleted) // 2
+        # How many deleted values are still in the file is up to InnoDB: delete-marked and purged
+        # records keep their bytes, but its purge thread may merge an underfull page at any moment
+        # (seen: 3 of 1,000 left once in ~10 runs). Only `thorough` promises none.
         if level == "standard":
             assert ".ibd" in result.detail
 
