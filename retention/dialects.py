@@ -9,6 +9,7 @@ and how a run takes a server-wide lock. Callers ask this module, never ``if dial
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import zlib
 from collections.abc import Sequence
@@ -245,23 +246,30 @@ def bulk_update(
             return int(conn.execute(joined).rowcount)
         finally:
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE {conn.dialect.identifier_preparer.quote(tmp.name)}")
-    # SQLite: one prepared UPDATE by key, executemany'd by the driver itself (SQLAlchemy's own
-    # executemany builds a parameter dict per row); values go through the column types' own
-    # bind processing, so dates are stored exactly as SQLAlchemy stores them.
-    prep = conn.dialect.identifier_preparer
-    procs = [table.c[n].type._cached_bind_processor(conn.dialect) for n in names]
-    key_proc = key.type._cached_bind_processor(conn.dialect)
-    sql = (f"UPDATE {prep.format_table(table)} SET "
-           + ", ".join(f"{prep.quote(n)} = ?" for n in names)
-           + f" WHERE {prep.quote(key.name)} = ?")
-    columns = [values[n] if p is None else [p(v) for v in values[n]] for n, p in zip(names, procs, strict=True)]
-    key_values = list(keys) if key_proc is None else [key_proc(k) for k in keys]
-    # SQLite rewrites a row in place, so the constants' own UPDATE costs little here.
-    count = len(keys)
-    if constants:
-        count = int(conn.execute(table.update().where(key_in(key, keys, dialect)).values(constants)).rowcount)
-    conn.exec_driver_sql(sql, list(zip(*columns, key_values, strict=True)))
-    return count
+    # SQLite: one prepared UPDATE by key, per-row values and constants together, executemany'd
+    # by the driver itself (SQLAlchemy's own executemany builds a parameter dict per row).
+    # SQLAlchemy compiles the statement, so the constants' SQL and every value's bind
+    # processing (dates stored exactly as SQLAlchemy stores them) are its own.
+    slots = {n: f"rt_v{i}" for i, n in enumerate(names)}
+    stmt = (
+        table.update()
+        .where(key == sa.bindparam("rt_key", type_=key.type))
+        .values({**{n: sa.bindparam(slot, type_=table.c[n].type) for n, slot in slots.items()}, **constants})
+    )
+    compiled = stmt.compile(dialect=conn.dialect)
+    order = compiled.positiontup or []
+    fixed = compiled.construct_params({"rt_key": None, **dict.fromkeys(slots.values())})
+    per_row = {slot: values[n] for n, slot in slots.items()} | {"rt_key": list(keys)}
+    columns = []
+    for name in order:
+        proc = compiled.binds[name].type._cached_bind_processor(conn.dialect)
+        if name in per_row:
+            columns.append(per_row[name] if proc is None else [proc(v) for v in per_row[name]])
+        else:  # a constant's parameter: the same in every row
+            value = fixed[name] if proc is None else proc(fixed[name])
+            columns.append(itertools.repeat(value, len(keys)))
+    cursor = conn.exec_driver_sql(str(compiled), list(zip(*columns, strict=True)))
+    return int(cursor.rowcount)
 
 
 def lock_id(name: str) -> int:
