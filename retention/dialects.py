@@ -204,12 +204,11 @@ def bulk_update(
         def field(i: int, type_: Any) -> sa.ColumnElement[Any]:
             return sa.cast(item(sa.literal_column(str(i))), type_)
 
-        # The extra key range (the batch is a keyset slice) lets the planner reach the rows by
-        # the primary key; with the join alone it hashes a sequential scan of the whole table
-        # for every batch.
+        # The extra `key = ANY(keys)` lets the planner reach the rows by the primary key; with
+        # the join alone it hashes a sequential scan of the whole table for every batch.
         stmt = (
             table.update()
-            .where(key == field(0, key.type), key.between(min(keys), max(keys)))
+            .where(key == field(0, key.type), key_in(key, keys, dialect))
             .values({**{n: field(i + 1, table.c[n].type) for i, n in enumerate(names)}, **constants})
         )
         return int(conn.execute(stmt).rowcount)

@@ -37,10 +37,6 @@ class Applied:
     batches: int = 0
 
 
-def _key_in(col: sa.ColumnElement[Any], *, keys: list[Any], dialect: str) -> sa.ColumnElement[bool]:
-    return dialects.key_in(col, keys, dialect)
-
-
 def _audit_keys(keys: list[Any]) -> list[Any]:
     # Integer keys (the common case) go to the log as they are; others as their JSON text.
     return keys if all(type(k) is int for k in keys) else [_jsonable(k) for k in keys]
@@ -94,7 +90,7 @@ class Executor:
                     return
                 last = keys[-1]
                 if deleting:
-                    in_batch = functools.partial(_key_in, keys=keys, dialect=self.dialect)
+                    in_batch = functools.partial(dialects.key_in, keys=keys, dialect=self.dialect)
                     blocked = plan.blocked_among(conn, keys, in_batch)
                     free = [k for k in keys if k not in blocked] if blocked else keys
                     if free:

@@ -12,6 +12,7 @@ account whose last invoice expires tonight is removable tonight, in both.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,8 +241,8 @@ class Plan:
 
     # -- counting ---------------------------------------------------------------------------
     def _choose_access(self, conn: sa.Connection, total: int) -> None:
-        """On a range-blind database, probe the ``after`` index: when more than a twentieth of
-        the table is past its term (a first run's backlog), have every later statement scan."""
+        """On a range-blind database, probe the ``after`` index: when more than a fifth of the
+        table is past its term (a first run's backlog), have every later statement scan."""
         dialect = conn.dialect.name
         if not dialects.range_blind(dialect) or not total:
             return
@@ -328,6 +329,7 @@ class Plan:
     def sample(self, conn: sa.Connection, n: int = SAMPLE_SIZE) -> list[Any]:
         """The first keys the run would change: due, and not blocked (or blocked but still to anonymise)."""
         t = self.table
+        dialect = conn.dialect.name
         found: list[Any] = []
         last: Any = None
         chunk = 100
@@ -338,7 +340,7 @@ class Plan:
             keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
             if not keys:
                 break
-            blocked = self.blocked_among(conn, keys, lambda col, ks=keys: col.in_(ks))
+            blocked = self.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=dialect))
             anonymise = self.policy.on_referenced == "anonymise"
             found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
             last = keys[-1]
