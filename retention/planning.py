@@ -326,14 +326,20 @@ class Plan:
             columns.append(sa.select(sa.func.count()).select_from(t).where(*conds, removable(t)).scalar_subquery())
         return columns
 
-    def sample(self, conn: sa.Connection, n: int = SAMPLE_SIZE) -> list[Any]:
-        """The first keys the run would change: due, and not blocked (or blocked but still to anonymise)."""
+    def sample(self, conn: sa.Connection, counts: Counts, n: int = SAMPLE_SIZE) -> list[Any]:
+        """The first keys the run would change: due, and not blocked (or blocked but still to anonymise).
+
+        ``counts`` says how many there are, so the walk over the due keys stops as soon as it has
+        them all (or ``n``), and never starts when there are none: after a first run most due
+        rows of a policy may be deferred, and walking them all would take longer than counting.
+        """
         t = self.table
         dialect = conn.dialect.name
+        want = min(n, self.touched(counts))
         found: list[Any] = []
         last: Any = None
         chunk = 100
-        while len(found) < n:
+        while len(found) < want:
             query = sa.select(self.key).where(self.due(t))
             if last is not None:
                 query = query.where(self.key > last)
@@ -344,8 +350,8 @@ class Plan:
             anonymise = self.policy.on_referenced == "anonymise"
             found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
             last = keys[-1]
-            chunk = min(chunk * 4, 10_000)
-        return [_jsonable(k) for k in found[:n]]
+            chunk = min(chunk * 4, 50_000)
+        return [_jsonable(k) for k in found[:want]]
 
     def touched(self, counts: Counts) -> int:
         """Rows of the policy's own table this run would change (what the safety guard weighs)."""

@@ -194,7 +194,7 @@ def execute_run(
                         )
                     elif dry_run:
                         outcome.cascaded = counts.cascaded
-                        outcome.sample = plan.sample(conn)
+                        outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
                     conn.rollback()
                 if not dry_run and outcome.status == "ok":

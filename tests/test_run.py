@@ -234,6 +234,16 @@ def test_dry_run_and_real_run_counts_equal_plain_sql_and_dry_run_changes_nothing
         assert d["due"] == r["applied"] + r["deferred"], name
         assert d["cascaded"] == r["cascaded"], name
         assert r["status"] == "ok"
+    # The preview's sample: the first keys the run changes (deferred accounts are anonymised).
+    changed = {"accounts": exp.accounts_deleted | exp.accounts_deferred, "invoices": exp.invoices_due,
+               "correspondence": exp.tickets_due}
+    for name, keys in changed.items():
+        assert dry.policy(name)["sample_keys"] == sorted(keys)[:5], name
+    # Again at the same moment: the deferred accounts are still due, but already anonymised, so
+    # nothing would change and the sample is empty.
+    again = run_cli(policy_file, "--dry-run")
+    assert again.policy("accounts")["deferred"] == len(exp.accounts_deferred) > 0
+    assert again.policy("accounts")["sample_keys"] == []
 
 
 def test_real_run_removes_every_due_row_and_changes_nothing_else(db: TestDatabase, tmp_path: Path) -> None:
