@@ -95,6 +95,11 @@ def _json_scalar(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
+def _json_rows(keys: Sequence[Any], columns: list[list[Any]]) -> str:
+    """A batch as one JSON text, ``[[key, value, ...], ...]``, made by json's C encoder."""
+    return json.dumps(list(zip(keys, *columns, strict=True)), default=_json_scalar)
+
+
 def _has_json_table(conn: sa.Connection) -> bool:
     version = conn.dialect.server_version_info or ()
     return version >= ((10, 6) if getattr(conn.dialect, "is_mariadb", False) else (8, 0))
@@ -196,7 +201,7 @@ def bulk_update(
         # One UPDATE ... FROM json_array_elements(:rows): a single round trip and a single text
         # parameter for the whole batch, made by json's C encoder from row lists (psycopg
         # quotes text arrays element by element in Python, which cost more than the UPDATE).
-        payload = json.dumps(list(zip(keys, *[values[n] for n in names], strict=True)), default=_json_scalar)
+        payload = _json_rows(keys, [values[n] for n in names])
         rows = sa.cast(sa.bindparam("rt_rows", payload, type_=sa.Text), postgresql.JSON)
         src = sa.func.json_array_elements(rows).table_valued("value").render_derived(name="rt_src")
         item = src.c.value.op("->>", return_type=sa.Text)
@@ -219,7 +224,7 @@ def bulk_update(
         prep = conn.dialect.identifier_preparer
         columns = ", ".join(f"{prep.quote(n)} {t} PATH '$[{i}]'" for i, (n, t) in enumerate(zip(
             ["rt_key", *names], type_sql, strict=True)))
-        payload = json.dumps(list(zip(keys, *[values[n] for n in names], strict=True)), default=_json_scalar)
+        payload = _json_rows(keys, [values[n] for n in names])
         src = (
             sa.text(f"SELECT * FROM JSON_TABLE(:rt_rows, '$[*]' COLUMNS ({columns})) AS rt_jt")
             .bindparams(sa.bindparam("rt_rows", payload, type_=sa.Text))
