@@ -23,6 +23,8 @@ from retention.planning import Plan, _jsonable
 from retention.strategies import Fake, FakePool, Generalise
 
 Progress = Callable[[int], None]
+# One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.
+Entry = tuple[str, list[Any], list[str], int, dict[str, int]]
 
 
 class AuditSink(Protocol):
@@ -72,38 +74,33 @@ class Executor:
         (exactly :meth:`Plan.blocked`, evaluated for these keys only). The others are deleted;
         with ``on_referenced: anonymise`` the blocked ones still pending are anonymised. Each
         kind of change is its own audit ``batch`` entry listing exactly the keys it changed,
-        both written (fsync'd) before the one commit.
+        both written (fsync'd) before the one commit. An anonymise policy of constants only is
+        one statement per batch where the database allows (:func:`dialects.update_next_batch`).
         """
         plan, t, key = self.plan, self.plan.table, self.plan.key
-        deleting = plan.policy.action == "delete"
-        anonymise_blocked = deleting and plan.policy.on_referenced == "anonymise"
+        # Constants only (no per-row fakes): where the database can, one statement chooses the
+        # batch and changes it, and says which keys it changed.
+        in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
+                  and dialects.updates_next_batch(self.dialect))
         last: Any = None
         while True:
-            entries: list[tuple[str, list[Any], list[str], int, dict[str, int]]] = []
             with self.engine.begin() as conn:
                 query = sa.select(key).where(plan.due(t))
                 if last is not None:
                     query = query.where(key > last)
-                query = dialects.lock_rows(query.order_by(key).limit(plan.policy.batch_size), self.dialect)
-                keys = list(conn.execute(query).scalars().all())  # fetchall, not a fetch per row
-                if not keys:
-                    return
-                last = keys[-1]
-                if deleting:
-                    in_batch = functools.partial(dialects.key_in, keys=keys, dialect=self.dialect)
-                    blocked = plan.blocked_among(conn, keys, in_batch)
-                    free = [k for k in keys if k not in blocked] if blocked else keys
-                    if free:
-                        action, columns, count, cascaded = self._delete(conn, free)
-                        entries.append((action, free, columns, count, cascaded))
-                    if anonymise_blocked:
-                        todo = [k for k in keys if blocked.get(k)]
-                        if todo:
-                            action, columns, count, cascaded = self._anonymise(conn, todo)
-                            entries.append((action, todo, columns, count, cascaded))
+                query = query.order_by(key).limit(plan.policy.batch_size)
+                if in_one:
+                    _fakes, constants = self._values(0)
+                    keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
+                    if last is None:
+                        return
+                    entries = [("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
                 else:
-                    action, columns, count, cascaded = self._anonymise(conn, keys)
-                    entries.append((action, keys, columns, count, cascaded))
+                    keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
+                    if not keys:
+                        return
+                    last = keys[-1]
+                    entries = self._change(conn, keys)
                 if not entries:
                     continue
                 written = []
@@ -128,6 +125,23 @@ class Executor:
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
 
+    def _change(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:
+        """Change a locked batch: delete the keys nothing holds back (anonymise the held-back ones
+        with ``on_referenced: anonymise``), or anonymise them all."""
+        plan = self.plan
+        if plan.policy.action != "delete":
+            return [self._anonymise(conn, keys)]
+        entries: list[Entry] = []
+        blocked = plan.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=self.dialect))
+        free = [k for k in keys if k not in blocked] if blocked else keys
+        if free:
+            entries.append(self._delete(conn, free))
+        if plan.policy.on_referenced == "anonymise":
+            todo = [k for k in keys if blocked.get(k)]
+            if todo:
+                entries.append(self._anonymise(conn, todo))
+        return entries
+
     # -- actions -----------------------------------------------------------------------------
     def _owned_by(self, member: str, keys: list[Any]) -> sa.ColumnElement[bool]:
         """Rows of a cascade table that hang under the given keys of the policy's table."""
@@ -141,29 +155,40 @@ class Executor:
             depth += 1
         return depth
 
-    def _delete(self, conn: sa.Connection, keys: list[Any]) -> tuple[str, list[str], int, dict[str, int]]:
+    def _delete(self, conn: sa.Connection, keys: list[Any]) -> Entry:
         plan = self.plan
         cascaded: dict[str, int] = {}
         for member in sorted(plan.tree, key=self._depth, reverse=True):
             table = plan.schema.tables[member]
             cascaded[member] = conn.execute(table.delete().where(self._owned_by(member, keys))).rowcount
         count = conn.execute(plan.table.delete().where(dialects.key_in(plan.key, keys, self.dialect))).rowcount
-        return "delete", [], count, cascaded
+        return "delete", keys, [], count, cascaded
 
-    def _anonymise(self, conn: sa.Connection, keys: list[Any]) -> tuple[str, list[str], int, dict[str, int]]:
-        plan, t = self.plan, self.plan.table
-        set_values: dict[str, Any] = {}
+    def _fake_columns(self) -> list[str]:
+        return [c for c, s in self.plan.strategies.items() if isinstance(s, Fake)]
+
+    def _changed_columns(self) -> list[str]:
+        marker = self.plan.policy.marker
+        return sorted([*self.plan.strategies, *([marker] if marker else [])])
+
+    def _values(self, rows: int) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """The new values: per column ``rows`` fakes, or one SQL value or expression for all rows."""
+        t = self.plan.table
+        constants: dict[str, Any] = {}
         per_row: dict[str, list[Any]] = {}
-        for column, strategy in plan.strategies.items():
+        for column, strategy in self.plan.strategies.items():
             col = t.c[column]
             if isinstance(strategy, Fake):
-                per_row[column] = self.fakes.draw(strategy.provider, col, len(keys))
+                per_row[column] = self.fakes.draw(strategy.provider, col, rows)
             elif isinstance(strategy, Generalise):
-                set_values[column] = dialects.generalise(col, strategy.grain, self.dialect)
+                constants[column] = dialects.generalise(col, strategy.grain, self.dialect)
             else:
-                set_values[column] = strategy.value(col)
-        if plan.policy.marker:
-            set_values[plan.policy.marker] = self.marker_value
-        count = dialects.bulk_update(conn, t, plan.key, keys, per_row, set_values)
-        return "anonymise", sorted([*plan.strategies, *([plan.policy.marker] if plan.policy.marker else [])]), \
-            count, {}
+                constants[column] = strategy.value(col)
+        if self.plan.policy.marker:
+            constants[self.plan.policy.marker] = self.marker_value
+        return per_row, constants
+
+    def _anonymise(self, conn: sa.Connection, keys: list[Any]) -> Entry:
+        per_row, constants = self._values(len(keys))
+        count = dialects.bulk_update(conn, self.plan.table, self.plan.key, keys, per_row, constants)
+        return "anonymise", keys, self._changed_columns(), count, {}
