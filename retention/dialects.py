@@ -207,9 +207,9 @@ def update_next_batch(conn: sa.Connection, table: sa.Table, key: sa.Column[Any],
     Returns the keys changed, in order, and the last key ``batch`` chose (None: nothing left).
     The two differ only when another transaction changed a chosen row in between: the UPDATE
     re-checks ``where`` on the row's newest version. PostgreSQL only (``UPDATE ... RETURNING``
-    in a CTE): a locking SELECT, whose row locks write every tuple once more before the
-    UPDATE writes it, then costs ~0.3 s per 350k rows; ``= ANY(ARRAY(subquery))`` reaches the
-    rows by key (``IN (subquery)`` hashes a scan of the whole table per batch).
+    in a CTE). It saves the locking SELECT, whose row locks write every tuple once more before
+    the UPDATE writes it (~0.3 s per 350k rows). ``= ANY(ARRAY(subquery))`` reaches the rows
+    by key; ``IN (subquery)`` hashes a scan of the whole table for every batch.
     """
     from sqlalchemy.dialects import postgresql
 
