@@ -197,7 +197,10 @@ def execute_run(
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
                     conn.rollback()
-                if not dry_run and outcome.status == "ok":
+                # Nothing to change: no walk. Anonymised rows stay past their term for good, and
+                # finding none pending among them means visiting them all (1M accounts: 0.35 s
+                # on PostgreSQL, 0.6 s on MariaDB, every night).
+                if not dry_run and outcome.status == "ok" and plan.touched(counts):
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
                     applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
                                        moment.in_timezone(model.timezone).naive(), bar).run()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 from helpers import AS_OF, audit_path, rows_by_id, run_cli, write_policies
+from sqlalchemy import event
 
 from retention import dialects
 from retention.audit import read_entries
@@ -99,6 +100,31 @@ def test_constant_anonymise_walks_every_due_row_in_batches_and_logs_exact_keys(
     again = run_cli(pf)
     assert again.exit_code == 0 and again.policy("members")["applied"] == 0, again
     assert len(batch_entries(pf)) == len(entries)
+
+
+def test_a_night_with_nothing_to_change_walks_no_batch(db: TestDatabase, tmp_path: Path) -> None:
+    """After the first run every due row is anonymised but still past its term: the next run
+    counts (0 due) and sends no batch statement at all, instead of visiting every anonymised
+    row to find none pending."""
+    create_members(db.engine)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [members_policy(batch_size=3)])
+    assert run_cli(pf).exit_code == 0
+
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        again = run_cli(pf)
+    finally:
+        event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    assert again.exit_code == 0 and again.policy("members")["due"] == 0, again
+    on_members = [s for s in sent if "members" in s]
+    assert on_members, "the run counted nothing on members: the recorder saw no statements"
+    walks = [s for s in on_members if "ORDER BY members.id" in s or s.upper().startswith(("UPDATE", "DELETE", "WITH"))]
+    assert walks == []
 
 
 def _waiting_for_a_row_lock(db: TestDatabase) -> int:
