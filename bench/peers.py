@@ -27,8 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from retention.dates import cutoff, parse_as_of, parse_period
 from retention.demo import shop_metadata
+from retention.policy.dates import cutoff, parse_as_of, parse_period
 
 TIMEZONE = "Europe/Amsterdam"
 REDACTED = "[verwijderd]"  # the `redact` strategy's default text

@@ -2,7 +2,7 @@
 
 For every database, table size and level: build ``people(id, email, closed_at)`` with an
 index on ``email``, delete 40 % of the rows the way a run does (one committed DELETE, through
-an engine made by ``retention.dialects.create_engine``), then time ``retention.purge.purge``.
+an engine made by ``retention.databases.dialects.create_engine``), then time ``retention.databases.purge.purge``.
 Deleted rows carry e-mail addresses starting ``del-``, kept ones ``kep-``, so a scan of the
 raw files afterwards counts how many deleted values are still readable (needs read access
 to the server's data directory, i.e. root; otherwise the column says n/a).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from retention import dialects
-from retention.purge import purge
+from retention.databases import dialects
+from retention.databases.purge import purge
 
 LEVELS = ("none", "standard", "thorough")
 DELETED = re.compile(rb"del-[0-9a-f]{32}@example\.invalid")

@@ -41,12 +41,12 @@ class _State:
 
     @property
     def policy_path(self) -> Path:
-        from retention.config import default_policy_path
+        from retention.policy.loader import default_policy_path
 
         return Path(self.policies_arg) if self.policies_arg else default_policy_path()
 
     def load(self) -> Any:
-        from retention import config
+        from retention.policy import loader as config
 
         return config.load(self.policy_path)
 
@@ -110,7 +110,7 @@ def validate(state: _State) -> None:
     every table, column, key, strategy and foreign-key relation. Warnings (missing
     indexes, settings that keep copies of removed data) do not fail the check.
     """
-    from retention.validation import connect_and_check
+    from retention.engine.validation import connect_and_check
 
     model = state.load()
     connected = connect_and_check(model, readonly=True)
@@ -147,7 +147,9 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
       retention run --dry-run --as-of 2027-01-01   what goes by 1 January
       retention run --format json                  the nightly job
     """
-    from retention import dates, reports, runner
+    from retention.engine import runner
+    from retention.policy import dates
+    from retention.reports import run as reports
 
     model = state.load()
     moment = None
@@ -218,7 +220,7 @@ def audit_verify(state: _State, log: str | None, expect_head: str | None) -> Non
     rewritten with a recomputed chain only fails against a head kept elsewhere
     (--expect-head); with audit.key_env set, the HMAC catches it.
     """
-    from retention import audit as audit_mod
+    from retention.audit import log as audit_mod
 
     path, key = _log_and_key(state, log)
     if not path.exists():
@@ -234,7 +236,7 @@ def audit_verify(state: _State, log: str | None, expect_head: str | None) -> Non
 @_guard
 def audit_head(state: _State, log: str | None) -> None:
     """Print SEQ:HASH of the last entry, to keep where the job cannot rewrite it."""
-    from retention import audit as audit_mod
+    from retention.audit import log as audit_mod
 
     path, _ = _log_and_key(state, log)
     if not path.exists():
@@ -260,8 +262,8 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
     """
     import datetime as dt
 
-    from retention import audit as audit_mod
-    from retention import auditreport
+    from retention.audit import log as audit_mod
+    from retention.reports import audit as auditreport
 
     path, key = _log_and_key(state, log)
     if not path.exists():

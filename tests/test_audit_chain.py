@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from retention import audit
-from retention.audit import (
+from retention.audit import log as audit
+from retention.audit.log import (
     GENESIS,
     AuditLog,
     canonical,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from retention.audit import AuditLog, head, read_entries, verify
-from retention.auditreport import (
+from retention.audit.log import AuditLog, head, read_entries, verify
+from retention.reports.audit import (
     CSV_COLUMNS,
     render_csv,
     render_html,
@@ -226,7 +226,7 @@ def test_render_csv(runs: list) -> None:
 
 
 def test_render_csv_defuses_formulas() -> None:
-    from retention.auditreport import PolicyRow, RunSummary
+    from retention.reports.audit import PolicyRow, RunSummary
 
     runs = [RunSummary(run="r", policies=[PolicyRow(policy="p", basis="=HYPERLINK(1)")])]
     assert "'=HYPERLINK(1)" in render_csv(runs)

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from helpers import AS_OF, audit_path, rows_by_id, run_cli, write_policies
 from sqlalchemy import event
 
-from retention import dialects
-from retention.audit import read_entries
+from retention.audit.log import read_entries
+from retention.databases import dialects
 
 if TYPE_CHECKING:
     from conftest import TestDatabase

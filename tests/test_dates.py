@@ -1,4 +1,4 @@
-"""Retention periods and cut-offs (retention.dates): pure calendar arithmetic, no database.
+"""Retention periods and cut-offs (retention.policy.dates): pure calendar arithmetic, no database.
 
 The rule (CONTRACT.md section 2): a row is due when ``align(after) + retain`` is at or before
 the run's moment, on the wall clock of the policy file's time zone, with calendar months and
@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pendulum
 import pytest
 
-from retention.dates import Period, PeriodError, cutoff, expires_at, parse_as_of, parse_period
+from retention.policy.dates import Period, PeriodError, cutoff, expires_at, parse_as_of, parse_period
 
 TZ = "Europe/Amsterdam"
 ZONE = ZoneInfo(TZ)

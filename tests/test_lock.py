@@ -2,7 +2,7 @@
 
 The lock is a ``flock`` on ``<audit path>.lock`` (same host) and, on server databases, an
 advisory lock on the server (``pg_advisory_lock`` / ``GET_LOCK``, named per database by
-``retention.lock.server_lock_name``), for two hosts with different audit logs pointed at
+``retention.engine.lock.server_lock_name``), for two hosts with different audit logs pointed at
 the same database.
 """
 
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from helpers import audit_path, ids, run_cli, unchanged_witness, write_policies
 
-from retention import dialects
-from retention.lock import server_lock_name
+from retention.databases import dialects
+from retention.engine.lock import server_lock_name
 
 if TYPE_CHECKING:
     from conftest import TestDatabase

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from retention import monitor
+from retention.engine import monitor
 
 
 @pytest.fixture

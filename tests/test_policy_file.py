@@ -1,4 +1,4 @@
-"""Reading the policy file (retention.config): every mistake found, located and explained.
+"""Reading the policy file (retention.policy.loader): every mistake found, located and explained.
 
 The invalid files are data: ``tests/data/policies/*.yaml``, each with its expected problems in
 ``tests/data/policies/expected.yaml`` (line, policy, key and message). Every one must fail
@@ -17,10 +17,10 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from retention import config
 from retention.cli import main
-from retention.dates import Period
 from retention.errors import EXIT_INVALID, PolicyFileError
+from retention.policy import loader as config
+from retention.policy.dates import Period
 
 DATA = Path(__file__).parent / "data" / "policies"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((DATA / "expected.yaml").read_text(encoding="utf-8"))

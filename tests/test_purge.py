@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 
-from retention import dialects, purge
-from retention.purge import PurgeResult
+from retention.databases import dialects, purge
+from retention.databases.purge import PurgeResult
 
 if TYPE_CHECKING:
     from conftest import TestDatabase

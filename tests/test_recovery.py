@@ -1,7 +1,7 @@
 """Write-ahead auditing survives a kill -9: the next run records what really happened.
 
 The run is a real subprocess killed with SIGKILL at a controlled point (the
-RETENTION_TEST_KILL_AT hook in retention.execution): after a batch's `intent` entry but
+RETENTION_TEST_KILL_AT hook in retention.engine.execution): after a batch's `intent` entry but
 before its commit (the database rolls back: `not applied`), or after the commit but before
 `batch.committed` (`applied`). The next run must find the open intent, check the database,
 append `batch.recovered` and `run.interrupted`, and finish the work.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 
-from retention import audit
+from retention.audit import log as audit
 
 if TYPE_CHECKING:
     from conftest import TestDatabase

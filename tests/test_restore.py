@@ -13,7 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from helpers import SHOP_POLICIES, write_policies
 
-from retention import audit
+from retention.audit import log as audit
 from retention.cli import main
 from retention.demo import build_demo
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retention import audit, dialects
+from retention.audit import log as audit
+from retention.databases import dialects
+from retention.engine.planning import pending
+from retention.engine.validation import Connected
 from retention.logs import get_logger
-from retention.planning import pending
-from retention.policy import PolicyFile
-from retention.validation import Connected
+from retention.policy.model import PolicyFile
 
 log = get_logger("retention.recovery")
 

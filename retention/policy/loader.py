@@ -19,9 +19,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 
-from retention import strategies
+from retention.anonymisation import strategies
 from retention.errors import PolicyFileError
-from retention.policy import Audit, Database, Monitor, Policy, PolicyFile, consistency_problems
+from retention.policy.model import Audit, Database, Monitor, Policy, PolicyFile, consistency_problems
 
 Loc = tuple[str | int, ...]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from retention import dialects, purge
+from retention.databases import dialects, purge
+from retention.databases.schema import Schema, check_policy, locate, reflect
 from retention.errors import DatabaseUnreachable, SchemaError
-from retention.policy import Policy, PolicyFile
-from retention.schema import Schema, check_policy, locate, reflect
+from retention.policy.model import Policy, PolicyFile
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retention import strategies
-from retention.policy import Policy, PolicyFile
+from retention.anonymisation import strategies
+from retention.policy.model import Policy, PolicyFile
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import sqlalchemy as sa
 
-from retention import dialects
+from retention.databases import dialects
 from retention.errors import AuditError, LockHeld
 
 LOCK_NAME = "retention-run"

@@ -11,7 +11,7 @@ Three kinds, because they are applied differently:
 - ``expression``: computed by the database from the column itself (truncating a date):
   still one set-based ``UPDATE``; the dialect supplies the SQL.
 - ``per_row``: a different fake value per row, drawn from a pool generated once per run and
-  written in bulk (see :mod:`retention.dialects`).
+  written in bulk (see :mod:`retention.databases.dialects`).
 """
 
 from __future__ import annotations

@@ -19,10 +19,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retention import dialects, strategies
-from retention.dates import Cutoff
-from retention.policy import Policy
-from retention.schema import Edge, Schema, cascade_tree, key_column
+from retention.anonymisation import strategies
+from retention.databases import dialects
+from retention.databases.schema import Edge, Schema, cascade_tree, key_column
+from retention.policy.dates import Cutoff
+from retention.policy.model import Policy
 
 # A predicate over one table, for a given alias of it (subqueries need their own aliases).
 Pred = Callable[[sa.FromClause], sa.ColumnElement[bool]]

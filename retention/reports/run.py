@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from retention.runner import PolicyOutcome, RunResult
+from retention.engine.runner import PolicyOutcome, RunResult
 
 
 def as_json_dict(result: RunResult) -> dict[str, Any]:

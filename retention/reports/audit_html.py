@@ -11,8 +11,18 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from retention.audit import VerifyResult
-from retention.auditreport import PolicyRow, RunSummary, _day, _notes, _purge_line, fmt_cutoff, fmt_n, fmt_ts, run_label
+from retention.audit.log import VerifyResult
+from retention.reports.audit import (
+    PolicyRow,
+    RunSummary,
+    _day,
+    _notes,
+    _purge_line,
+    fmt_cutoff,
+    fmt_n,
+    fmt_ts,
+    run_label,
+)
 
 # Okabe-Ito, readable by most colour-blind readers and in greyscale print.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#7F6A2E", "#5E5FA8")

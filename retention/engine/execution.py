@@ -4,7 +4,7 @@ Each batch: lock and select the next keys (by primary key, after the last batch'
 its cascade children deepest first, delete or update the rows, append the ``batch`` audit
 entry with ``state: intent`` (fsync'd), commit, append ``batch.committed``. Nothing is
 committed to a database without a durable audit entry before it; a run killed between the
-two leaves an intent the next run resolves (see :mod:`retention.recovery`).
+two leaves an intent the next run resolves (see :mod:`retention.engine.recovery`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from retention import dialects
-from retention.planning import Plan, _jsonable
-from retention.strategies import Fake, FakePool, Generalise
+from retention.anonymisation.strategies import Fake, FakePool, Generalise
+from retention.databases import dialects
+from retention.engine.planning import Plan, _jsonable
 
 Progress = Callable[[int], None]
 # One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.

@@ -1,6 +1,6 @@
 """The policy file's model (CONTRACT.md section 2), validated with pydantic.
 
-Pure: no YAML, no database, no environment. :mod:`retention.config` reads the file,
+Pure: no YAML, no database, no environment. :mod:`retention.policy.loader` reads the file,
 expands ``${VAR}`` and turns pydantic's error locations into ``file:line`` messages.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from retention.dates import ALIGNMENTS, Period, PeriodError, parse_period
+from retention.policy.dates import ALIGNMENTS, Period, PeriodError, parse_period
 
 ACTIONS: tuple[str, ...] = ("delete", "anonymise")
 PURGE_LEVELS: tuple[str, ...] = ("none", "standard", "thorough")

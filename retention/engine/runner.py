@@ -21,16 +21,19 @@ from typing import Any
 import pendulum
 import sqlalchemy as sa
 
-from retention import __version__, audit, monitor, purge, recovery
-from retention.dates import cutoff
+from retention import __version__
+from retention.anonymisation.strategies import FakePool
+from retention.audit import log as audit
+from retention.databases import purge
+from retention.engine import monitor, recovery
+from retention.engine.execution import Executor
+from retention.engine.lock import RunLock
+from retention.engine.planning import Counts, Plan, run_order
+from retention.engine.validation import Connected, connect_and_check
 from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
-from retention.execution import Executor
-from retention.lock import RunLock
 from retention.logs import get_logger
-from retention.planning import Counts, Plan, run_order
-from retention.policy import Policy, PolicyFile
-from retention.strategies import FakePool
-from retention.validation import Connected, connect_and_check
+from retention.policy.dates import cutoff
+from retention.policy.model import Policy, PolicyFile
 
 log = get_logger("retention.run")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from retention.audit import VerifyResult
+from retention.audit.log import VerifyResult
 
 PURGE_FIELDS = ("database", "tables", "level", "result", "duration_s", "detail")
 
@@ -299,7 +299,7 @@ def render_csv(runs: Sequence[RunSummary]) -> str:
 
 
 def render_html(runs: Sequence[RunSummary], verification: VerifyResult, head: str, **kwargs: Any) -> str:
-    """The HTML report (see :mod:`retention.auditreport_html`)."""
-    from retention import auditreport_html
+    """The HTML report (see :mod:`retention.reports.audit_html`)."""
+    from retention.reports import audit_html as auditreport_html
 
     return auditreport_html.render_html(runs, verification, head, **kwargs)
