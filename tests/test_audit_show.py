@@ -69,7 +69,7 @@ def one_run(log: AuditLog, clock: Clock, run: str, night: date, *, dry_run: bool
         due = 40 + (night.day * (i + 3)) % 70
         if fate == "blocked" and name == "accounts":
             log.append("policy.end", run, policy=name, due=9000, held=0, deferred=0, applied=0, anonymised=0,
-                       cascaded={}, deferred_reasons={}, status="blocked", duration_s=0.4, dry_run=False)  # fmt: skip
+                       cascaded={}, deferred_reasons={}, status="blocked", duration_ms=400, dry_run=False)  # fmt: skip
             continue
         held, deferred = (3, 0) if name == "accounts" else (0, 2 if name == "invoices" else 0)
         applied = 0 if dry_run else due - deferred
@@ -86,20 +86,20 @@ def one_run(log: AuditLog, clock: Clock, run: str, night: date, *, dry_run: bool
                 return  # power cut: the intent has no committed, the run no end
             if fate == "failed" and name == "invoices":
                 log.append("policy.end", run, policy=name, due=due, held=held, deferred=deferred, applied=0,
-                           anonymised=0, cascaded={}, deferred_reasons={}, status="failed", duration_s=2.0,
+                           anonymised=0, cascaded={}, deferred_reasons={}, status="failed", duration_ms=2000,
                            dry_run=False)  # fmt: skip
-                log.append("run.end", run, status="failed", exit_code=1, duration_s=9.5)
+                log.append("run.end", run, status="failed", exit_code=1, duration_ms=9500)
                 return
             log.append("batch.committed", run, policy=name, batch=batch, count=applied)
         log.append("policy.end", run, policy=name, due=due, held=held, deferred=deferred, applied=applied,
                    anonymised=applied if name == "accounts" else 0, cascaded={} if dry_run else cascaded,
                    deferred_reasons={"orders": deferred} if deferred else {},
-                   status="preview" if dry_run else "ok", duration_s=1.25, dry_run=dry_run)  # fmt: skip
+                   status="preview" if dry_run else "ok", duration_ms=1250, dry_run=dry_run)  # fmt: skip
     if not dry_run:
         log.append("purge", run, database="shop", tables=["accounts", "invoices", "tickets"], level="thorough",
-                   result="done", duration_s=3.5, detail="")  # fmt: skip
+                   result="done", duration_ms=3500, detail="")  # fmt: skip
     status, code = ("blocked", 3) if fate == "blocked" else ("ok", 0)
-    log.append("run.end", run, status=status, exit_code=code, duration_s=14.25)
+    log.append("run.end", run, status=status, exit_code=code, duration_ms=14250)
 
 
 def build_log(path: Path) -> Path:
@@ -255,7 +255,7 @@ def test_render_html_escapes_and_shows_a_broken_chain(tmp_path: Path) -> None:
     with AuditLog(path) as log:
         log.append("run.start", "<r>", dry_run=False, user="<script>alert(1)</script>",
                    policies=[{"name": "a&b", "basis": '"quoted" <b>', "action": "delete"}])  # fmt: skip
-        log.append("run.end", "<r>", status="ok", exit_code=0, duration_s=1)
+        log.append("run.end", "<r>", status="ok", exit_code=0, duration_ms=1000)
     path.write_bytes(path.read_bytes().replace(b'"exit_code":0', b'"exit_code":1'))
     page = render_html(summarise(read_entries(path)), verify(path), head(path), title="Audit <Shop>")
     assert "<script>" not in page and "&lt;script&gt;" in page and "a&amp;b" in page

@@ -39,8 +39,15 @@ _FIELD_TYPES = (("seq", int), ("ts", str), ("run", str), ("event", str), ("prev"
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
-    """The bytes that are hashed (without ``hash``) and written (with it)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The bytes that are hashed (without ``hash``) and written (with it): CONTRACT.md section 4.
+
+    UTF-8, keys sorted by code point, no whitespace, only ``"``, ``\\`` and control characters
+    escaped (short forms where JSON has them, else ``\\u00xx`` in lower case), integers only.
+    That is byte for byte what ``jq -cS`` prints, and RFC 8785 for every value but U+007F, which
+    jq escapes and RFC 8785 does not (a raw DEL can only be inside a string, so the replace is safe).
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("\x7f", "\\u007f").encode("utf-8")
 
 
 def compute_hash(body: dict[str, Any], key: bytes | None = None) -> str:
@@ -48,17 +55,46 @@ def compute_hash(body: dict[str, Any], key: bytes | None = None) -> str:
     return _digest(canonical(body), key)
 
 
-def _json_default(value: Any) -> Any:
-    # The engine hands us dates, Decimals and paths; the log only ever holds JSON values.
+# Integers beyond this are not exact in IEEE doubles, which jq and RFC 8785 (I-JSON) use:
+# such a value (a 64-bit key) is written as its decimal string so that every verifier agrees.
+SAFE_INT = (1 << 53) - 1
+
+
+def to_log_value(value: Any, where: str = "") -> Any:
+    """``value`` as the log holds it: JSON values with integers as the only numbers.
+
+    Dates become ISO 8601 text, sets sorted lists, paths text, integral Decimals integers
+    and other Decimals their text. A float is an error, not rounded: a duration is written in
+    milliseconds, a count is an int, and a fraction has no place in the log (CONTRACT.md
+    section 4), so a float here is a bug that must not silently change what is hashed.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if -SAFE_INT <= value <= SAFE_INT else str(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"audit entry{where}: key {k!r} is not a string")
+            out[k] = to_log_value(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_log_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        return [to_log_value(v, where) for v in sorted(value, key=str)]
+    if isinstance(value, float):
+        raise TypeError(f"audit entry{where}: {value!r} is a float; the log holds integers only "
+                        "(durations in milliseconds)")
     if hasattr(value, "isoformat"):  # datetime, date, time, pendulum
         return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if type(value).__name__ == "Decimal":
-        return int(value) if value == value.to_integral_value() else str(value)
-    raise TypeError(f"audit entry value of type {type(value).__name__} is not JSON-serialisable")
+        if value.is_finite() and value == value.to_integral_value():
+            return to_log_value(int(value), where)
+        return str(value)
+    raise TypeError(f"audit entry{where}: a value of type {type(value).__name__} is not a JSON value")
 
 
 def _fail(path: Path, what: str, exc: OSError) -> AuditError:
@@ -230,8 +266,8 @@ class AuditLog:
             raise ValueError(f"audit event {event!r}: reserved field name(s) {sorted(clash)}")
         ts = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
         body = {**fields, "seq": seq, "ts": ts, "run": run, "event": event, "prev": prev}
-        # Round-trip through JSON so the hash and the returned entry are exactly what a reader sees.
-        body = json.loads(json.dumps(body, default=_json_default, ensure_ascii=False))
+        # Normalised first, so the hash and the returned entry are exactly what a reader sees.
+        body = to_log_value(body, f" {event!r}")
         entry = {**body, "hash": compute_hash(body, self.key)}
         return entry, canonical(entry) + b"\n"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from retention.audit.log import VerifyResult
 
-PURGE_FIELDS = ("database", "tables", "level", "result", "duration_s", "detail")
+PURGE_FIELDS = ("database", "tables", "level", "result", "detail")
 
 
 @dataclass
@@ -92,6 +92,16 @@ def _day(s: RunSummary) -> date | None:
     return moment.astimezone(UTC).date() if moment and moment.tzinfo else (moment.date() if moment else None)
 
 
+def _seconds(e: dict[str, Any]) -> float | None:
+    """An event's duration in seconds: ``duration_ms`` (integer, since the log holds integers
+    only) or, in logs written before that, ``duration_s``."""
+    ms = e.get("duration_ms")
+    if isinstance(ms, int) and not isinstance(ms, bool):
+        return ms / 1000
+    old = e.get("duration_s")
+    return old if isinstance(old, int | float) and not isinstance(old, bool) else None
+
+
 def _count_into(row: PolicyRow, count: Any) -> None:
     row.applied = (row.applied or 0) + (count if isinstance(count, int) else 0)
 
@@ -150,15 +160,16 @@ def summarise(
                 _count_into(row, e.get("count"))
         elif event == "policy.end":
             row = summary.row(str(e.get("policy")))
-            for name in ("due", "held", "deferred", "applied", "anonymised", "status", "duration_s"):
+            for name in ("due", "held", "deferred", "applied", "anonymised", "status"):
                 setattr(row, name, e.get(name))
+            row.duration_s = _seconds(e)
             row.cascaded = dict(e.get("cascaded") or {})
             row.deferred_reasons = dict(e.get("deferred_reasons") or {})
         elif event == "purge":
-            summary.purges.append({k: e.get(k) for k in PURGE_FIELDS})
+            summary.purges.append({k: e.get(k) for k in PURGE_FIELDS} | {"duration_s": _seconds(e)})
         elif event == "run.end":
             summary.ended, summary.status = e.get("ts"), str(e.get("status"))
-            summary.exit_code, summary.duration_s = e.get("exit_code"), e.get("duration_s")
+            summary.exit_code, summary.duration_s = e.get("exit_code"), _seconds(e)
     for rid, finder in interrupted.items():
         if rid in runs and runs[rid].ended is None:
             runs[rid].status, runs[rid].interrupted_by = "interrupted", finder
