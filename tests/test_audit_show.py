@@ -130,7 +130,8 @@ def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(log_path: Path) -> list:
-    return summarise(read_entries(log_path))
+    """With the previews (`audit show --previews`)."""
+    return summarise(read_entries(log_path), previews=True)
 
 
 def test_the_synthetic_log_is_a_whole_chain(log_path: Path) -> None:
@@ -144,6 +145,7 @@ def test_summarise(runs: list) -> None:
     previews = [s for s in runs if s.dry_run]
     assert len(previews) == len(PREVIEW_NIGHTS)
     assert all(r.status == "preview" and r.applied == 0 for s in previews for r in s.policies)
+    assert all(s.kind == "preview" for s in previews) and not any(s.kind == "preview" for s in runs if not s.dry_run)
 
     first = runs[0]
     assert first.started.startswith("2026-10-26T01:00:00") and first.user == "retention"
@@ -179,10 +181,11 @@ def test_failed_and_blocked_runs(runs: list) -> None:
 
 
 def test_filters(log_path: Path) -> None:
-    week = summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8))
+    week = summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8), previews=True)
     assert len(week) == 7 + 1 and all("20261102" <= s.run[:8] <= "20261108" for s in week)
+    assert len(summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8))) == 7
 
-    only = summarise(read_entries(log_path), policies=["invoices"])
+    only = summarise(read_entries(log_path), policies=["invoices"], previews=True)
     assert len(only) == NIGHTS + len(PREVIEW_NIGHTS)
     assert all([r.policy for r in s.policies] == ["invoices"] for s in only)
     assert summarise(read_entries(log_path), policies=["nope"]) == []
@@ -198,9 +201,9 @@ def test_render_text(runs: list) -> None:
     assert "INTERRUPTED (never ended; found by run 20261107-0100-r12)" in text
     assert "FAILED (exit 1)" in text and "BLOCKED (exit 3)" in text
     assert "basis: Dutch tax law: 7 years (AWR art. 52)" in text
-    assert re.search(r"accounts +shop\.accounts +anonymise +2024-10-26 02:00 +\d+ +3 +0 +\d+ +ok", text)
+    assert re.search(r"accounts +shop\.accounts +anonymise +2024-10-26 02:00 +\d+ +3 +0 +0 +\d+ +ok", text)
     assert "2026-10-26 01:00 UTC" in text
-    assert render_text([]).startswith("No runs")
+    assert render_text([]).startswith("Chain not verified") and "No runs in the audit log" in render_text([])
 
 
 def test_render_json(runs: list) -> None:

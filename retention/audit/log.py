@@ -323,6 +323,24 @@ class AuditLog:
         self.close()
 
 
+def read_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, entry) for every line that is a JSON object; others are skipped (a
+    report over a damaged log still shows what can be read, and says where it broke)."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise _fail(path, "cannot read", exc) from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                entry = _parse(raw.rstrip(b"\r\n"))
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield number, entry
+
+
 def read_entries(path: Path, *, strict: bool = True) -> Iterator[dict[str, Any]]:
     """Entries one line at a time. A line that is not a JSON object raises AuditError
     naming it; with ``strict=False`` it is skipped (reports over a damaged log)."""
@@ -350,6 +368,11 @@ def _scan(path: Path, needle: bytes, strict: bool = True) -> Iterator[dict[str, 
                 raise AuditError(f"audit log {path}, line {number}: not a valid entry")
 
 
+# What `run.start` records in `chain`: how the hashes of that run's lines were computed.
+CHAIN_PLAIN = "sha256"
+CHAIN_KEYED = "hmac-sha256"
+
+
 @dataclass
 class VerifyResult:
     ok: bool
@@ -357,6 +380,13 @@ class VerifyResult:
     head: str
     line: int | None
     reason: str | None
+    # Checked with a key (HMAC-SHA-256) or without (SHA-256).
+    keyed: bool = False
+    # The log records that it is keyed (run.start `chain`), but no key was given: it could not
+    # be checked, which is not the same as edited.
+    key_missing: bool = False
+    # What the last run.start read says about the chain (None in logs from before the field).
+    recorded_chain: str | None = None
 
     def message(self) -> str:
         if self.ok:
@@ -364,6 +394,17 @@ class VerifyResult:
         if self.line is not None:
             return f"line {self.line}: {self.reason}"
         return str(self.reason)
+
+    def verdict(self) -> str:
+        """One line for a person: intact (keyed or not), broken at line N, or not checkable."""
+        if self.ok:
+            how = ("keyed: HMAC-SHA-256, checked with the key" if self.keyed
+                   else "not keyed: plain SHA-256, so compare the head with one kept elsewhere")
+            return f"Chain intact: {self.entries:,} entries, head {self.head} ({how})"
+        if self.key_missing:
+            return f"Chain NOT VERIFIED: {self.reason}"
+        where = f" at line {self.line}" if self.line is not None else ""
+        return f"Chain BROKEN{where}: {self.reason}"
 
 
 def parse_head(text: str) -> tuple[int, str]:
@@ -381,14 +422,18 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
     OK, and so does a log with lines cut off its end: only ``expect_head`` (a ``SEQ:HASH``
     recorded earlier, outside the job's reach) catches those. With a key, rewriting needs
     the key, but cutting off the end still needs ``expect_head`` to be seen.
+
+    A keyed log checked without its key fails on its first line; when the log records that it
+    is keyed (``run.start`` ``chain``), the result says the key is missing instead of "edited".
     """
     path = Path(path)
     want = parse_head(expect_head) if expect_head else None
     seq, prev, line = 0, GENESIS, 0
     head_seen = want is None or (want[0] == 0 and want[1] == GENESIS)
+    recorded: str | None = None
 
-    def broken(reason: str, at: int | None) -> VerifyResult:
-        return VerifyResult(False, seq, f"{seq}:{prev}", at, reason)
+    def broken(reason: str, at: int | None, key_missing: bool = False) -> VerifyResult:
+        return VerifyResult(False, seq, f"{seq}:{prev}", at, reason, key is not None, key_missing, recorded)
 
     try:
         f = path.open("rb")
@@ -399,7 +444,15 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
             for raw in f:
                 line += 1
                 entry, problem = _check_line(raw, key)
+                if entry is not None and entry.get("event") == "run.start" and isinstance(entry.get("chain"), str):
+                    recorded = entry["chain"]
                 if problem is not None:
+                    if key is None and recorded == CHAIN_KEYED and problem.startswith("hash mismatch"):
+                        return broken("the log is keyed (HMAC-SHA-256, as its run.start records) and no key "
+                                      "was given: set the environment variable that audit.key_env names",
+                                      line, key_missing=True)
+                    if key is not None and recorded == CHAIN_PLAIN and problem.startswith("hash mismatch"):
+                        problem += " (this run.start records a chain written without a key)"
                     return broken(problem, line)
                 assert entry is not None
                 if entry["seq"] != seq + 1:
@@ -418,7 +471,7 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
     if not head_seen:
         assert want is not None
         return broken(f"head {want[0]} not found: log truncated or rewritten (it ends at seq {seq})", None)
-    return VerifyResult(True, seq, f"{seq}:{prev}", None, None)
+    return VerifyResult(True, seq, f"{seq}:{prev}", None, None, key is not None, False, recorded)
 
 
 def head(path: Path) -> str:

@@ -159,7 +159,7 @@ def execute_run(
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
             as_of=moment.isoformat(), dry_run=dry_run, user=getpass.getuser(), host=socket.gethostname(),
-            version=__version__, force=force,
+            version=__version__, force=force, chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
             policies=[{
                 "name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
