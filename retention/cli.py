@@ -358,6 +358,33 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
     _exit(_verdict_exit(verification))
 
 
+@audit.command("find")
+@click.option("--policy", "policy", required=True, metavar="NAME", help="The policy whose key it is.")
+@click.option("--key", "key", required=True, metavar="KEY", help="The row's key (primary key or the policy's key).")
+@click.option("--table", "table", metavar="TABLE", help="Only batches on this table.")
+@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@_guard
+def audit_find(state: _State, policy: str, key: str, table: str | None, log: str | None, fmt: str) -> None:
+    """Every run and batch that touched one key: when, what, under which rule and basis.
+
+    \b
+    Example:
+      retention audit find --policy accounts --key 4711
+    """
+    import json
+
+    from retention.audit import find as finder
+
+    result = finder.find(_audit_source(state, log).path, policy, key, table)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in finder.render_text(result):
+            click.echo(line)
+
+
 @main.command()
 @click.option("--path", "path", default="var/demo.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite file to create.")

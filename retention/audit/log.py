@@ -323,6 +323,17 @@ class AuditLog:
         self.close()
 
 
+def read_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every line, streamed: for scans that skip most lines unparsed."""
+    path = Path(path)
+    try:
+        f = path.open("rb", buffering=1 << 20)
+    except OSError as exc:
+        raise _fail(path, "cannot read", exc) from None
+    with f:
+        yield from enumerate(f, start=1)
+
+
 def read_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, entry) for every line that is a JSON object; others are skipped (a
     report over a damaged log still shows what can be read, and says where it broke)."""
