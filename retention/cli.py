@@ -258,7 +258,9 @@ def _verify(source: _AuditSource, expect_head: str | None) -> Any:
 
     if source.missing_key_env and source.explicit:
         result = audit_mod.verify(source.path, None, expect_head)
-        if result.ok or not (result.key_missing or (result.reason or "").startswith("hash mismatch")):
+        # Lines that verify without a key make it an unkeyed log, and a later mismatch an edit.
+        first_line_keyed = result.line == 1 and (result.reason or "").startswith("hash mismatch")
+        if not (result.key_missing or first_line_keyed):
             return result
     if source.missing_key_env:
         # Checking without the key would pass a log rewritten without one: not checkable here.
