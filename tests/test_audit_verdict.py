@@ -219,3 +219,30 @@ def test_a_bad_audit_section_is_a_located_error(tmp_path: Path) -> None:
     policy_file.write_text("version: 1\naudit:\n  path: ${NO_SUCH_AUDIT_DIR}/x.jsonl\npolicies: []\n")
     out = invoke(["--policies", str(policy_file), "audit", "show"])
     assert out.exit_code == 2 and "${NO_SUCH_AUDIT_DIR} is not set" in out.stderr
+
+
+def test_an_archived_unkeyed_log_given_with_log_is_checked_not_called_keyed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With key_env configured and unset, `--log` of an older unkeyed log still verifies, and an
+    edit in it is an edit: only a log whose first line fails without the key is "key missing"."""
+    from retention.audit.log import AuditLog
+
+    policy_file = tmp_path / "policies.yaml"
+    policy_file.write_text(f"version: 1\naudit:\n  key_env: {KEY_VAR}\npolicies: []\n")
+    monkeypatch.delenv(KEY_VAR, raising=False)
+    archived = tmp_path / "2025.jsonl"
+    with AuditLog(archived) as log:
+        for i in range(5):
+            log.append("batch.committed", "r", policy="p", batch=i, count=i)
+    args = ["--policies", str(policy_file), "audit", "verify", "--log", str(archived)]
+    assert invoke(args).exit_code == 0
+    lines = archived.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"count":2', b'"count":9')
+    archived.write_bytes(b"".join(lines))
+    out = invoke(args)
+    assert out.exit_code == 1 and out.stdout.startswith("line 3: hash mismatch")
+    with AuditLog(keyed := tmp_path / "keyed.jsonl", key=b"k") as log:
+        log.append("batch.committed", "r", policy="p", batch=1, count=1)
+    out = invoke(["--policies", str(policy_file), "audit", "verify", "--log", str(keyed)])
+    assert out.exit_code == 2 and "key is missing" in out.stderr
