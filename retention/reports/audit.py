@@ -374,7 +374,8 @@ def run_label(s: RunSummary) -> str:
 def _notes(r: PolicyRow) -> list[str]:
     notes = [f"basis: {r.basis}"] if r.basis else []
     if r.cascaded:
-        notes.append("child rows deleted: " + ", ".join(f"{t} {n:,}" for t, n in r.cascaded.items()))
+        verb = "that would go with them" if r.status == "preview" else "deleted"
+        notes.append(f"child rows {verb}: " + ", ".join(f"{t} {n:,}" for t, n in r.cascaded.items()))
     if r.deferred_reasons:
         reasons = ", ".join(f"{t} {n:,}" for t, n in r.deferred_reasons.items())
         notes.append(f"deferred, still referenced from: {reasons}")
@@ -424,7 +425,7 @@ def render_text(runs: Sequence[RunSummary], verification: VerifyResult | None = 
             "policy time zone", totals_line(t), ""]
     for s in runs:
         mode = "PREVIEW (dry run: nothing was changed)" if s.kind == "preview" else "ENFORCEMENT"
-        mark = "  UNVERIFIED (on or after the break in the chain)" if s.verified is False else ""
+        mark = "  UNVERIFIED (see the chain's verdict above)" if s.verified is False else ""
         took = f", {s.duration_s:.1f} s" if isinstance(s.duration_s, int | float) else ""
         out.append(f"{fmt_ts(s.started)}  run {s.run}  {mode}{mark}")
         out.append(f"  Status: {run_label(s)}{took}")

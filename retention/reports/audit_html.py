@@ -263,7 +263,7 @@ def _run_heading(s: RunSummary) -> str:
     if s.kind == "preview" and s.status != "preview":
         badges += " " + _badge("preview", "PREVIEW")
     if s.verified is False:
-        badges += " " + _badge("failed", "UNVERIFIED: on or after the break in the chain")
+        badges += " " + _badge("failed", "UNVERIFIED: see the chain's verdict")
     facts = [f"run {s.run}", f"{s.user or '?'}@{s.host or '?'}", f"retention {s.version or '?'}"]
     if s.policy_file_sha256:
         facts.append(f"policy file {s.policy_file_sha256[:12]}")
