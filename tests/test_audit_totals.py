@@ -8,7 +8,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +155,28 @@ def test_totals_agree_with_the_log_in_every_format(db: TestDatabase, tmp_path: P
     assert committed_totals(log) == expected
     for args in ((), ("--previews",)):
         assert shown(policy_file, *args) == {fmt: expected for fmt in ("text", "json", "csv", "html")}, args
+    if db.name == "sqlite":
+        assert cards_in_chromium(policy_file, tmp_path) == expected
+
+
+def cards_in_chromium(policy_file: Path, tmp_path: Path) -> dict[str, int]:
+    """The cards as a browser lays the page out (its DOM after loading), read back."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, and CI must check the HTML page in it")
+        pytest.skip("chromium not installed")
+    page = tmp_path / "audit.html"
+    page.write_text(invoke(["--policies", str(policy_file), "audit", "show", "--format", "html"]).stdout)
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'p'}",
+         "--dump-dom", page.as_uri()],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    cards = _Cards()
+    cards.feed(dom)
+    return {k: int(v.replace(",", "")) for k, v in cards.values.items()}
 
 
 def test_previews_only_with_the_flag_and_never_the_latest_cutoff(sqlite_db: TestDatabase, tmp_path: Path) -> None:
