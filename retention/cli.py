@@ -12,13 +12,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from retention import __version__
-from retention.errors import EXIT_FAILED, EXIT_OK, RetentionError, UsageError
+from retention.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, RetentionError, UsageError
 
 HELP = """Enforce data-retention policies on SQL databases, and prove it afterwards.
 
@@ -161,7 +162,8 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
     result = runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
-        progress=progress, audit_key=_audit_key(model.audit.key_env),
+        progress=progress,
+        audit_key=_audit_key(model.audit.key_env, required=not dry_run, where=f"{state.policy_path}: "),
     )
     click.echo(reports.render(result, fmt), nl=False)
     if result.message and fmt != "text":
@@ -186,26 +188,90 @@ def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:
     return make
 
 
-def _audit_key(env_name: str | None) -> bytes | None:
-    value = os.environ.get(env_name or "", "") if env_name else ""
-    return value.encode() if value else None
+def _audit_key(env_name: str | None, *, required: bool, where: str = "") -> bytes | None:
+    """The HMAC key of the audit chain, from the variable ``audit.key_env`` names.
+
+    A configured variable that is unset or empty is an error where the log is written
+    (``required``): writing an unkeyed chain in its place would silently drop the protection."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name, "")
+    if value:
+        return value.encode()
+    if required:
+        raise UsageError(f"{where}audit.key_env names ${env_name}, which is not set (or empty): the audit "
+                         "chain is keyed and nothing was written without the key; set it, or remove key_env")
+    return None
 
 
 @main.group()
 def audit() -> None:
-    """Read and check the audit log (verify, head, show)."""
+    """Read and check the audit log (verify, head, show, find).
+
+    These commands read only the `audit` section of the policy file (or --log): no
+    database URL or secret needs to be set.
+    """
 
 
-def _log_and_key(state: _State, log: str | None) -> tuple[Path, bytes | None]:
+@dataclass
+class _AuditSource:
+    path: Path
+    key: bytes | None
+    # The variable audit.key_env names, when it is configured and unset: the log is keyed and
+    # cannot be checked here; that is not the same as "edited".
+    missing_key_env: str | None = None
+    # Given with --log: perhaps an archived log from before the key, so it is checked first.
+    explicit: bool = False
+
+
+def _audit_source(state: _State, log: str | None) -> _AuditSource:
+    from retention.policy import loader
+
     if log:
+        path = Path(log)
         try:
-            model = state.load()
-            env_name = model.audit.key_env
+            env_name = loader.load_audit(state.policy_path).key_env
         except RetentionError:
-            env_name = "RETENTION_AUDIT_KEY"
-        return Path(log), _audit_key(env_name)
-    model = state.load()
-    return Path(model.audit.path), _audit_key(model.audit.key_env)
+            # --log without a usable policy file: the conventional variable, if it is set; if
+            # not, verify still tells a keyed log by what its run.start entries record.
+            env_name = "RETENTION_AUDIT_KEY" if os.environ.get("RETENTION_AUDIT_KEY") else None
+    else:
+        section = loader.load_audit(state.policy_path)
+        env_name, path = section.key_env, Path(section.path)
+    if not path.exists():
+        raise UsageError(f"audit log {path} does not exist")
+    key = _audit_key(env_name, required=False)
+    return _AuditSource(path, key, env_name if env_name and key is None else None, explicit=bool(log))
+
+
+def _key_missing(source: _AuditSource) -> Any:
+    from retention.audit import log as audit_mod
+
+    seq, _, digest = audit_mod.head(source.path).partition(":")
+    reason = (f"the log is keyed (audit.key_env: ${source.missing_key_env}) and the key is missing: "
+              f"${source.missing_key_env} is not set, so the chain cannot be checked here")
+    return audit_mod.VerifyResult(False, int(seq), f"{seq}:{digest}", None, reason, False, True, None)
+
+
+def _verify(source: _AuditSource, expect_head: str | None) -> Any:
+    from retention.audit import log as audit_mod
+
+    if source.missing_key_env and source.explicit:
+        result = audit_mod.verify(source.path, None, expect_head)
+        # Lines that verify without a key make it an unkeyed log, and a later mismatch an edit.
+        first_line_keyed = result.line == 1 and (result.reason or "").startswith("hash mismatch")
+        if not (result.key_missing or first_line_keyed):
+            return result
+    if source.missing_key_env:
+        # Checking without the key would pass a log rewritten without one: not checkable here.
+        return _key_missing(source)
+    return audit_mod.verify(source.path, source.key, expect_head)
+
+
+def _verdict_exit(result: Any) -> int:
+    if result.ok:
+        return EXIT_OK
+    return EXIT_INVALID if result.key_missing else EXIT_FAILED
 
 
 @audit.command("verify")
@@ -216,18 +282,16 @@ def _log_and_key(state: _State, log: str | None) -> tuple[Path, bytes | None]:
 def audit_verify(state: _State, log: str | None, expect_head: str | None) -> None:
     """Check the hash chain from the first entry to the last.
 
-    Exit 0 when whole; 1 naming the first line that breaks it. Without a key, a log
-    rewritten with a recomputed chain only fails against a head kept elsewhere
-    (--expect-head); with audit.key_env set, the HMAC catches it.
+    Exit 0 when whole; 1 naming the first line that breaks it; 2 when the log is keyed
+    and the key is not set. Without a key, a log rewritten with a recomputed chain only
+    fails against a head kept elsewhere (--expect-head); with audit.key_env set, the HMAC
+    catches it. docs/verify-audit-log.sh does the same check with jq and sha256sum.
     """
-    from retention.audit import log as audit_mod
-
-    path, key = _log_and_key(state, log)
-    if not path.exists():
-        raise UsageError(f"audit log {path} does not exist")
-    result = audit_mod.verify(path, key, expect_head)
-    click.echo(result.message())
-    _exit(EXIT_OK if result.ok else EXIT_FAILED)
+    source = _audit_source(state, log)
+    result = _verify(source, expect_head)
+    click.echo(result.message() if result.ok or not result.key_missing else f"error: {result.reason}",
+               err=result.key_missing)
+    _exit(_verdict_exit(result))
 
 
 @audit.command("head")
@@ -238,10 +302,7 @@ def audit_head(state: _State, log: str | None) -> None:
     """Print SEQ:HASH of the last entry, to keep where the job cannot rewrite it."""
     from retention.audit import log as audit_mod
 
-    path, _ = _log_and_key(state, log)
-    if not path.exists():
-        raise UsageError(f"audit log {path} does not exist")
-    click.echo(audit_mod.head(path))
+    click.echo(audit_mod.head(_audit_source(state, log).path))
 
 
 @audit.command("show")
@@ -250,24 +311,29 @@ def audit_head(state: _State, log: str | None) -> None:
 @click.option("--until", metavar="DATE", help="Only runs on or before DATE.")
 @click.option("--policy", "policies", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
 @click.option("--run", "run_id", metavar="ID", help="Only this run.")
+@click.option("--previews", is_flag=True,
+              help="Also show recorded previews (dry runs); never counted in the totals or the latest cut-off.")
+@click.option("--expect-head", metavar="SEQ:HASH", help="A head recorded elsewhere that the log must still contain.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
               show_default=True)
 @click.pass_obj
 @_guard
 def audit_show(state: _State, log: str | None, since: str | None, until: str | None,
-               policies: tuple[str, ...], run_id: str | None, fmt: str) -> None:
-    """The audit log for people: runs, policies, counts, cut-offs.
+               policies: tuple[str, ...], run_id: str | None, previews: bool, expect_head: str | None,
+               fmt: str) -> None:
+    """The audit log for people: enforcement runs, policies, counts, cut-offs.
 
-    `--format html` writes one self-contained page to stdout (redirect it to a file).
+    The chain is verified first and its verdict comes first in every format; a broken
+    chain still renders, the runs from the break on marked UNVERIFIED, and the exit
+    code is 1 (2 when the log is keyed and the key is not set). `--format html` writes
+    one self-contained page to stdout (redirect it to a file).
     """
     import datetime as dt
 
     from retention.audit import log as audit_mod
     from retention.reports import audit as auditreport
 
-    path, key = _log_and_key(state, log)
-    if not path.exists():
-        raise UsageError(f"audit log {path} does not exist")
+    source = _audit_source(state, log)
 
     def day(text: str | None, opt: str) -> dt.date | None:
         if text is None:
@@ -277,15 +343,48 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
         except ValueError:
             raise UsageError(f"{opt}: expected a date like 2026-11-24, got {text!r}") from None
 
-    runs = auditreport.summarise(audit_mod.read_entries(path), since=day(since, "--since"),
-                                 until=day(until, "--until"), policies=policies, run=run_id)
+    first, last = day(since, "--since"), day(until, "--until")
+    verification = _verify(source, expect_head)
+    runs = auditreport.summarise(audit_mod.read_numbered(source.path), since=first, until=last,
+                                 policies=policies, run=run_id, previews=previews)
+    auditreport.mark_verified(runs, verification)
     if fmt == "html":
-        verification = audit_mod.verify(path, key)
-        click.echo(auditreport.render_html(runs, verification, audit_mod.head(path)), nl=False)
+        page = auditreport.render_html(runs, verification, audit_mod.head(source.path), since=first, until=last)
+        click.echo(page, nl=False)
     else:
         render = {"text": auditreport.render_text, "json": auditreport.render_json,
                   "csv": auditreport.render_csv}[fmt]
-        click.echo(render(runs), nl=False)
+        click.echo(render(runs, verification), nl=False)
+    if not verification.ok:
+        click.echo(f"error: {verification.verdict()}", err=True)
+    _exit(_verdict_exit(verification))
+
+
+@audit.command("find")
+@click.option("--policy", "policy", required=True, metavar="NAME", help="The policy whose key it is.")
+@click.option("--key", "key", required=True, metavar="KEY", help="The row's key (primary key or the policy's key).")
+@click.option("--table", "table", metavar="TABLE", help="Only batches on this table.")
+@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@_guard
+def audit_find(state: _State, policy: str, key: str, table: str | None, log: str | None, fmt: str) -> None:
+    """Every run and batch that touched one key: when, what, under which rule and basis.
+
+    \b
+    Example:
+      retention audit find --policy accounts --key 4711
+    """
+    import json
+
+    from retention.audit import find as finder
+
+    result = finder.find(_audit_source(state, log).path, policy, key, table)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in finder.render_text(result):
+            click.echo(line)
 
 
 @main.command()

@@ -98,7 +98,7 @@ def test_reopen_continues_the_chain(tmp_path: Path) -> None:
     write_log(path, 3)
     with AuditLog(path) as log:
         assert log.head == head(path)
-        entry = log.append("run.end", "run-1", status="ok", exit_code=0, duration_s=1.5)
+        entry = log.append("run.end", "run-1", status="ok", exit_code=0, duration_ms=1500)
         assert log.head == f"4:{entry['hash']}"
     assert entry["seq"] == 4
     assert verify(path).ok
@@ -404,7 +404,7 @@ def test_unfinished_runs(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     with AuditLog(path) as log:
         log.append("run.start", "done", dry_run=False)
-        log.append("run.end", "done", status="ok", exit_code=0, duration_s=1.0)
+        log.append("run.end", "done", status="ok", exit_code=0, duration_ms=1000)
         log.append("run.start", "crashed", dry_run=False)
         log.append("run.start", "preview", dry_run=True)
         log.append("run.start", "found", dry_run=False)

@@ -69,7 +69,7 @@ def one_run(log: AuditLog, clock: Clock, run: str, night: date, *, dry_run: bool
         due = 40 + (night.day * (i + 3)) % 70
         if fate == "blocked" and name == "accounts":
             log.append("policy.end", run, policy=name, due=9000, held=0, deferred=0, applied=0, anonymised=0,
-                       cascaded={}, deferred_reasons={}, status="blocked", duration_s=0.4, dry_run=False)  # fmt: skip
+                       cascaded={}, deferred_reasons={}, status="blocked", duration_ms=400, dry_run=False)  # fmt: skip
             continue
         held, deferred = (3, 0) if name == "accounts" else (0, 2 if name == "invoices" else 0)
         applied = 0 if dry_run else due - deferred
@@ -86,20 +86,20 @@ def one_run(log: AuditLog, clock: Clock, run: str, night: date, *, dry_run: bool
                 return  # power cut: the intent has no committed, the run no end
             if fate == "failed" and name == "invoices":
                 log.append("policy.end", run, policy=name, due=due, held=held, deferred=deferred, applied=0,
-                           anonymised=0, cascaded={}, deferred_reasons={}, status="failed", duration_s=2.0,
+                           anonymised=0, cascaded={}, deferred_reasons={}, status="failed", duration_ms=2000,
                            dry_run=False)  # fmt: skip
-                log.append("run.end", run, status="failed", exit_code=1, duration_s=9.5)
+                log.append("run.end", run, status="failed", exit_code=1, duration_ms=9500)
                 return
             log.append("batch.committed", run, policy=name, batch=batch, count=applied)
         log.append("policy.end", run, policy=name, due=due, held=held, deferred=deferred, applied=applied,
                    anonymised=applied if name == "accounts" else 0, cascaded={} if dry_run else cascaded,
                    deferred_reasons={"orders": deferred} if deferred else {},
-                   status="preview" if dry_run else "ok", duration_s=1.25, dry_run=dry_run)  # fmt: skip
+                   status="preview" if dry_run else "ok", duration_ms=1250, dry_run=dry_run)  # fmt: skip
     if not dry_run:
         log.append("purge", run, database="shop", tables=["accounts", "invoices", "tickets"], level="thorough",
-                   result="done", duration_s=3.5, detail="")  # fmt: skip
+                   result="done", duration_ms=3500, detail="")  # fmt: skip
     status, code = ("blocked", 3) if fate == "blocked" else ("ok", 0)
-    log.append("run.end", run, status=status, exit_code=code, duration_s=14.25)
+    log.append("run.end", run, status=status, exit_code=code, duration_ms=14250)
 
 
 def build_log(path: Path) -> Path:
@@ -130,7 +130,8 @@ def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(log_path: Path) -> list:
-    return summarise(read_entries(log_path))
+    """With the previews (`audit show --previews`)."""
+    return summarise(read_entries(log_path), previews=True)
 
 
 def test_the_synthetic_log_is_a_whole_chain(log_path: Path) -> None:
@@ -144,6 +145,7 @@ def test_summarise(runs: list) -> None:
     previews = [s for s in runs if s.dry_run]
     assert len(previews) == len(PREVIEW_NIGHTS)
     assert all(r.status == "preview" and r.applied == 0 for s in previews for r in s.policies)
+    assert all(s.kind == "preview" for s in previews) and not any(s.kind == "preview" for s in runs if not s.dry_run)
 
     first = runs[0]
     assert first.started.startswith("2026-10-26T01:00:00") and first.user == "retention"
@@ -179,10 +181,11 @@ def test_failed_and_blocked_runs(runs: list) -> None:
 
 
 def test_filters(log_path: Path) -> None:
-    week = summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8))
+    week = summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8), previews=True)
     assert len(week) == 7 + 1 and all("20261102" <= s.run[:8] <= "20261108" for s in week)
+    assert len(summarise(read_entries(log_path), since=date(2026, 11, 2), until=date(2026, 11, 8))) == 7
 
-    only = summarise(read_entries(log_path), policies=["invoices"])
+    only = summarise(read_entries(log_path), policies=["invoices"], previews=True)
     assert len(only) == NIGHTS + len(PREVIEW_NIGHTS)
     assert all([r.policy for r in s.policies] == ["invoices"] for s in only)
     assert summarise(read_entries(log_path), policies=["nope"]) == []
@@ -198,9 +201,9 @@ def test_render_text(runs: list) -> None:
     assert "INTERRUPTED (never ended; found by run 20261107-0100-r12)" in text
     assert "FAILED (exit 1)" in text and "BLOCKED (exit 3)" in text
     assert "basis: Dutch tax law: 7 years (AWR art. 52)" in text
-    assert re.search(r"accounts +shop\.accounts +anonymise +2024-10-26 02:00 +\d+ +3 +0 +\d+ +ok", text)
+    assert re.search(r"accounts +shop\.accounts +anonymise +2024-10-26 02:00 +\d+ +3 +0 +0 +\d+ +ok", text)
     assert "2026-10-26 01:00 UTC" in text
-    assert render_text([]).startswith("No runs")
+    assert render_text([]).startswith("Chain not verified") and "No runs in the audit log" in render_text([])
 
 
 def test_render_json(runs: list) -> None:
@@ -255,7 +258,7 @@ def test_render_html_escapes_and_shows_a_broken_chain(tmp_path: Path) -> None:
     with AuditLog(path) as log:
         log.append("run.start", "<r>", dry_run=False, user="<script>alert(1)</script>",
                    policies=[{"name": "a&b", "basis": '"quoted" <b>', "action": "delete"}])  # fmt: skip
-        log.append("run.end", "<r>", status="ok", exit_code=0, duration_s=1)
+        log.append("run.end", "<r>", status="ok", exit_code=0, duration_ms=1000)
     path.write_bytes(path.read_bytes().replace(b'"exit_code":0', b'"exit_code":1'))
     page = render_html(summarise(read_entries(path)), verify(path), head(path), title="Audit <Shop>")
     assert "<script>" not in page and "&lt;script&gt;" in page and "a&amp;b" in page

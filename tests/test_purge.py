@@ -493,7 +493,7 @@ def test_result_event_fields() -> None:
     result = PurgeResult("shop", ["people"], "thorough", "done", 0.25, "VACUUM rewrote the file.")
     assert result.as_event() == {
         "database": "shop", "tables": ["people"], "level": "thorough", "result": "done",
-        "duration_s": 0.25, "detail": "VACUUM rewrote the file.",
+        "duration_ms": 250, "detail": "VACUUM rewrote the file.",
     }
 
 

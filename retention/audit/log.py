@@ -39,8 +39,15 @@ _FIELD_TYPES = (("seq", int), ("ts", str), ("run", str), ("event", str), ("prev"
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
-    """The bytes that are hashed (without ``hash``) and written (with it)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The bytes that are hashed (without ``hash``) and written (with it): CONTRACT.md section 4.
+
+    UTF-8, keys sorted by code point, no whitespace, only ``"``, ``\\`` and control characters
+    escaped (short forms where JSON has them, else ``\\u00xx`` in lower case), integers only.
+    That is byte for byte what ``jq -cS`` prints, and RFC 8785 for every value but U+007F, which
+    jq escapes and RFC 8785 does not (a raw DEL can only be inside a string, so the replace is safe).
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("\x7f", "\\u007f").encode("utf-8")
 
 
 def compute_hash(body: dict[str, Any], key: bytes | None = None) -> str:
@@ -48,17 +55,46 @@ def compute_hash(body: dict[str, Any], key: bytes | None = None) -> str:
     return _digest(canonical(body), key)
 
 
-def _json_default(value: Any) -> Any:
-    # The engine hands us dates, Decimals and paths; the log only ever holds JSON values.
+# Integers beyond this are not exact in IEEE doubles, which jq and RFC 8785 (I-JSON) use:
+# such a value (a 64-bit key) is written as its decimal string so that every verifier agrees.
+SAFE_INT = (1 << 53) - 1
+
+
+def to_log_value(value: Any, where: str = "") -> Any:
+    """``value`` as the log holds it: JSON values with integers as the only numbers.
+
+    Dates become ISO 8601 text, sets sorted lists, paths text, integral Decimals integers
+    and other Decimals their text. A float is an error, not rounded: a duration is written in
+    milliseconds, a count is an int, and a fraction has no place in the log (CONTRACT.md
+    section 4), so a float here is a bug that must not silently change what is hashed.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if -SAFE_INT <= value <= SAFE_INT else str(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"audit entry{where}: key {k!r} is not a string")
+            out[k] = to_log_value(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_log_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        return [to_log_value(v, where) for v in sorted(value, key=str)]
+    if isinstance(value, float):
+        raise TypeError(f"audit entry{where}: {value!r} is a float; the log holds integers only "
+                        "(durations in milliseconds)")
     if hasattr(value, "isoformat"):  # datetime, date, time, pendulum
         return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if type(value).__name__ == "Decimal":
-        return int(value) if value == value.to_integral_value() else str(value)
-    raise TypeError(f"audit entry value of type {type(value).__name__} is not JSON-serialisable")
+        if value.is_finite() and value == value.to_integral_value():
+            return to_log_value(int(value), where)
+        return str(value)
+    raise TypeError(f"audit entry{where}: a value of type {type(value).__name__} is not a JSON value")
 
 
 def _fail(path: Path, what: str, exc: OSError) -> AuditError:
@@ -230,8 +266,8 @@ class AuditLog:
             raise ValueError(f"audit event {event!r}: reserved field name(s) {sorted(clash)}")
         ts = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
         body = {**fields, "seq": seq, "ts": ts, "run": run, "event": event, "prev": prev}
-        # Round-trip through JSON so the hash and the returned entry are exactly what a reader sees.
-        body = json.loads(json.dumps(body, default=_json_default, ensure_ascii=False))
+        # Normalised first, so the hash and the returned entry are exactly what a reader sees.
+        body = to_log_value(body, f" {event!r}")
         entry = {**body, "hash": compute_hash(body, self.key)}
         return entry, canonical(entry) + b"\n"
 
@@ -287,6 +323,35 @@ class AuditLog:
         self.close()
 
 
+def read_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every line, streamed: for scans that skip most lines unparsed."""
+    path = Path(path)
+    try:
+        f = path.open("rb", buffering=1 << 20)
+    except OSError as exc:
+        raise _fail(path, "cannot read", exc) from None
+    with f:
+        yield from enumerate(f, start=1)
+
+
+def read_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, entry) for every line that is a JSON object; others are skipped (a
+    report over a damaged log still shows what can be read, and says where it broke)."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise _fail(path, "cannot read", exc) from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                entry = _parse(raw.rstrip(b"\r\n"))
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield number, entry
+
+
 def read_entries(path: Path, *, strict: bool = True) -> Iterator[dict[str, Any]]:
     """Entries one line at a time. A line that is not a JSON object raises AuditError
     naming it; with ``strict=False`` it is skipped (reports over a damaged log)."""
@@ -314,6 +379,11 @@ def _scan(path: Path, needle: bytes, strict: bool = True) -> Iterator[dict[str, 
                 raise AuditError(f"audit log {path}, line {number}: not a valid entry")
 
 
+# What `run.start` records in `chain`: how the hashes of that run's lines were computed.
+CHAIN_PLAIN = "sha256"
+CHAIN_KEYED = "hmac-sha256"
+
+
 @dataclass
 class VerifyResult:
     ok: bool
@@ -321,6 +391,13 @@ class VerifyResult:
     head: str
     line: int | None
     reason: str | None
+    # Checked with a key (HMAC-SHA-256) or without (SHA-256).
+    keyed: bool = False
+    # The log records that it is keyed (run.start `chain`), but no key was given: it could not
+    # be checked, which is not the same as edited.
+    key_missing: bool = False
+    # What the last run.start read says about the chain (None in logs from before the field).
+    recorded_chain: str | None = None
 
     def message(self) -> str:
         if self.ok:
@@ -328,6 +405,17 @@ class VerifyResult:
         if self.line is not None:
             return f"line {self.line}: {self.reason}"
         return str(self.reason)
+
+    def verdict(self) -> str:
+        """One line for a person: intact (keyed or not), broken at line N, or not checkable."""
+        if self.ok:
+            how = ("keyed: HMAC-SHA-256, checked with the key" if self.keyed
+                   else "not keyed: plain SHA-256, so compare the head with one kept elsewhere")
+            return f"Chain intact: {self.entries:,} entries, head {self.head} ({how})"
+        if self.key_missing:
+            return f"Chain NOT VERIFIED: {self.reason}"
+        where = f" at line {self.line}" if self.line is not None else ""
+        return f"Chain BROKEN{where}: {self.reason}"
 
 
 def parse_head(text: str) -> tuple[int, str]:
@@ -345,14 +433,18 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
     OK, and so does a log with lines cut off its end: only ``expect_head`` (a ``SEQ:HASH``
     recorded earlier, outside the job's reach) catches those. With a key, rewriting needs
     the key, but cutting off the end still needs ``expect_head`` to be seen.
+
+    A keyed log checked without its key fails on its first line; when the log records that it
+    is keyed (``run.start`` ``chain``), the result says the key is missing instead of "edited".
     """
     path = Path(path)
     want = parse_head(expect_head) if expect_head else None
     seq, prev, line = 0, GENESIS, 0
     head_seen = want is None or (want[0] == 0 and want[1] == GENESIS)
+    recorded: str | None = None
 
-    def broken(reason: str, at: int | None) -> VerifyResult:
-        return VerifyResult(False, seq, f"{seq}:{prev}", at, reason)
+    def broken(reason: str, at: int | None, key_missing: bool = False) -> VerifyResult:
+        return VerifyResult(False, seq, f"{seq}:{prev}", at, reason, key is not None, key_missing, recorded)
 
     try:
         f = path.open("rb")
@@ -363,7 +455,15 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
             for raw in f:
                 line += 1
                 entry, problem = _check_line(raw, key)
+                if entry is not None and entry.get("event") == "run.start" and isinstance(entry.get("chain"), str):
+                    recorded = entry["chain"]
                 if problem is not None:
+                    if key is None and recorded == CHAIN_KEYED and problem.startswith("hash mismatch"):
+                        return broken("the log is keyed (HMAC-SHA-256, as its run.start records) and no key "
+                                      "was given: set the environment variable that audit.key_env names",
+                                      line, key_missing=True)
+                    if key is not None and recorded == CHAIN_PLAIN and problem.startswith("hash mismatch"):
+                        problem += " (this run.start records a chain written without a key)"
                     return broken(problem, line)
                 assert entry is not None
                 if entry["seq"] != seq + 1:
@@ -382,7 +482,7 @@ def verify(path: Path, key: bytes | None = None, expect_head: str | None = None)
     if not head_seen:
         assert want is not None
         return broken(f"head {want[0]} not found: log truncated or rewritten (it ends at seq {seq})", None)
-    return VerifyResult(True, seq, f"{seq}:{prev}", None, None)
+    return VerifyResult(True, seq, f"{seq}:{prev}", None, None, key is not None, False, recorded)
 
 
 def head(path: Path) -> str:

@@ -66,13 +66,13 @@ class PurgeResult:
     detail: str  # one or two sentences for people; never a data value
 
     def as_event(self) -> dict[str, Any]:
-        """The fields of the audit ``purge`` event."""
+        """The fields of the audit ``purge`` event (the log holds integers only: milliseconds)."""
         return {
             "database": self.database,
             "tables": list(self.tables),
             "level": self.level,
             "result": self.result,
-            "duration_s": self.duration_s,
+            "duration_ms": round(self.duration_s * 1000),
             "detail": self.detail,
         }
 

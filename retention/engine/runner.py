@@ -159,7 +159,7 @@ def execute_run(
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
             as_of=moment.isoformat(), dry_run=dry_run, user=getpass.getuser(), host=socket.gethostname(),
-            version=__version__, force=force,
+            version=__version__, force=force, chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
             policies=[{
                 "name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
@@ -221,7 +221,7 @@ def execute_run(
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
-                        dry_run=dry_run, duration_s=outcome.duration_s, error=outcome.error)
+                        dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
                      applied=outcome.applied, anonymised=outcome.anonymised, cascaded=outcome.cascaded,
@@ -233,7 +233,7 @@ def execute_run(
                 level = model.databases[db].purge
                 res = purge.purge(connected.engines[db], db, sorted(tables), level)
                 event = res.as_event()
-                result.purges.append(event)
+                result.purges.append({**event, "duration_s": res.duration_s})
                 log_.append("purge", run_id, **event)
                 log.info("purge", **event)
                 if res.result in ("pending", "failed"):
@@ -249,7 +249,7 @@ def execute_run(
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
             result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
-                    dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
+                    dry_run=dry_run, duration_ms=round((time.monotonic() - started) * 1000))
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)

@@ -233,10 +233,8 @@ def _resolve_paths(model: PolicyFile, base: Path) -> PolicyFile:
     return model.model_copy(update={"databases": databases, "audit": audit})
 
 
-def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
-    """Read, expand and validate a policy file; raise :class:`PolicyFileError` with every problem."""
-    path = Path(path)
-    env = os.environ if env is None else env
+def _read(path: Path) -> tuple[bytes, Any, _Located]:
+    """The file's bytes, its YAML document and where each key is; PolicyFileError if unreadable."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -271,6 +269,14 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
     except yaml.YAMLError as exc:
         raise PolicyFileError([f"{path}: invalid YAML: {exc}"]) from None
 
+    return raw, data, located
+
+
+def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
+    """Read, expand and validate a policy file; raise :class:`PolicyFileError` with every problem."""
+    path = Path(path)
+    env = os.environ if env is None else env
+    raw, data, located = _read(path)
     problems = _Problems(path, located, data)
     if not isinstance(data, dict):
         problems.add((), "expected a mapping with version, databases and policies")
@@ -302,3 +308,30 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
     return model.model_copy(
         update={"source": str(path), "source_sha256": hashlib.sha256(raw).hexdigest(), "locations": locations}
     )
+
+
+def load_audit(path: Path | str, env: Mapping[str, str] | None = None) -> Audit:
+    """Only the ``audit`` section, for the `audit` commands: they read the log, never a
+    database, so the databases' ``${VAR}`` (URLs with credentials) need not be set, and a
+    mistake elsewhere in the file does not keep an inspector from checking the log."""
+    path = Path(path)
+    env = os.environ if env is None else env
+    _raw, data, located = _read(path)
+    problems = _Problems(path, located, data)
+    if not isinstance(data, dict):
+        problems.add((), "expected a mapping with version, databases and policies")
+        problems.raise_if_any()
+    section = _expand(data.get("audit") or {}, ("audit",), env, problems)
+    audit: Audit | None = None
+    try:
+        audit = Audit.model_validate(section)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc: Loc = ("audit", *err["loc"])
+            problems.add(loc, _unknown_key(loc) if err["type"] == "extra_forbidden" else err["msg"])
+    problems.raise_if_any()
+    assert audit is not None
+    audit_path = Path(audit.path)
+    if not audit_path.is_absolute():
+        audit_path = path.resolve().parent / audit_path
+    return audit.model_copy(update={"path": str(audit_path)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,10 +19,12 @@ from retention.reports.audit import (
     _day,
     _notes,
     _purge_line,
+    chain_lines,
     fmt_cutoff,
     fmt_n,
     fmt_ts,
     run_label,
+    totals,
 )
 
 # Okabe-Ito, readable by most colour-blind readers and in greyscale print.
@@ -119,7 +122,7 @@ def _chart(runs: Sequence[RunSummary], colours: dict[str, str]) -> str:
     rank = {"ok": 1, "running": 2, "blocked": 3, "failed": 4, "interrupted": 4}
     for s in runs:
         day = _day(s)
-        if day is None or s.dry_run:
+        if day is None or s.kind == "preview":
             continue
         b = bucket_of(day)
         if rank.get(s.status, 2) > rank.get(worst.get(b, ""), 0):
@@ -178,21 +181,24 @@ def render_html(
     days = [d for d in map(_day, runs) if d]
     first, last = since or (min(days) if days else None), until or (max(days) if days else None)
     period = f"{first.day} {first:%B %Y} – {last.day} {last:%B %Y}" if first and last else "the whole log"
-    enforcing = [s for s in runs if not s.dry_run]
+    enforcing = [s for s in runs if s.kind != "preview"]
     names = list(dict.fromkeys(r.policy for s in runs for r in s.policies))
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-    deleted = sum(r.split()[0] for s in enforcing for r in s.policies)
-    anonymised = sum(r.split()[1] for s in enforcing for r in s.policies)
-    children = sum(sum(r.cascaded.values()) for s in enforcing for r in s.policies)
-    previews = len(runs) - len(enforcing)
+    t = totals(runs)
     completed = sum(s.status == "ok" for s in enforcing)
     troubled = sum(s.status in ("failed", "interrupted", "blocked") for s in enforcing)
 
+    lines = chain_lines(verification)
     if verification is None:
-        vclass, verdict, detail = "muted", "Not verified", "The hash chain was not checked for this report."
+        vclass, verdict, detail = "muted", "Not verified", lines[0]
     elif verification.ok:
         vclass, verdict = "ok", "Chain intact"
-        detail = f"All {verification.entries:,} entries verified, from the first to the last."
+        keyed = ("Keyed: every hash is an HMAC-SHA-256, checked with the key." if verification.keyed else
+                 "Not keyed: plain SHA-256, which anyone with write access could recompute; "
+                 "compare the head with one kept elsewhere.")
+        detail = f"All {verification.entries:,} entries verified, from the first to the last. {keyed}"
+    elif verification.key_missing:
+        vclass, verdict, detail = "bad", "NOT VERIFIED: key missing", " ".join(lines)
     else:
         vclass, verdict, detail = "bad", "Chain BROKEN", verification.message()
         if verification.line is not None:
@@ -201,7 +207,7 @@ def render_html(
          f"<style>{CSS}</style></head><body><main>"
          f'<div class="kicker">Data retention · audit report</div><h1>{_e(title)}</h1><dl class="meta">'
          f"<div><dt>Period covered</dt><dd>{_e(period)}</dd></div>"
-         f"<div><dt>Runs</dt><dd>{len(runs)} ({len(enforcing)} enforcement, {previews} preview)</dd></div>"
+         f"<div><dt>Runs</dt><dd>{len(runs)} ({t.runs} enforcement, {t.previews} preview)</dd></div>"
          f"<div><dt>Policies</dt><dd>{len(names)}</dd></div>"
          f"<div><dt>Generated</dt><dd>{datetime.now(UTC):%Y-%m-%d %H:%M} UTC</dd></div></dl>"
          f'<section class="verify {vclass}"><div class="verdict">{_e(verdict)}</div>'
@@ -210,9 +216,9 @@ def render_html(
          '<div class="small">Compare the head with one kept outside this system: '
          '<span class="mono">retention audit verify --expect-head SEQ:HASH</span></div></section>'
          '<div class="cards">'
-         f"<div class=card><b>{deleted:,}</b><span>rows deleted</span></div>"
-         f"<div class=card><b>{anonymised:,}</b><span>rows anonymised</span></div>"
-         f"<div class=card><b>{children:,}</b><span>child rows deleted with them</span></div>"
+         f'<div class=card id="total-deleted"><b>{t.deleted:,}</b><span>rows deleted</span></div>'
+         f'<div class=card id="total-anonymised"><b>{t.anonymised:,}</b><span>rows anonymised</span></div>'
+         f'<div class=card id="total-child-rows"><b>{t.child_rows:,}</b><span>child rows deleted with them</span></div>'
          f"<div class=card><b>{completed}</b><span>enforcement runs completed</span></div>"
          f"<div class=card><b>{troubled}</b><span>runs failed, blocked or interrupted</span></div></div>"
          f"{_chart(runs, colours)}"]  # fmt: skip
@@ -222,7 +228,8 @@ def render_html(
         "<footer><dl><dt>Due</dt><dd>rows past their retention term and not on hold</dd>"
         "<dt>Held</dt><dd>rows past their term kept by an exclusion (e.g. a legal hold)</dd>"
         "<dt>Deferred</dt><dd>due rows kept because other retained records still refer to them</dd>"
-        "<dt>Applied</dt><dd>rows actually deleted or anonymised (always 0 in a preview)</dd></dl>"
+        "<dt>Deleted, anonymised</dt><dd>rows actually deleted or anonymised (always 0 in a preview); "
+        "their sum is the contract's <i>applied</i></dd></dl>"
         "Run times are UTC; cut-offs are in the policies' time zone. The audit log records primary keys, "
         "counts, and table and column names, never a removed value. Each entry carries the hash of the one "
         "before it, so an edit, deletion or reordering shows as a broken chain.</footer></main></body></html>\n"
@@ -231,10 +238,14 @@ def render_html(
 
 
 def _policies_table(runs: Sequence[RunSummary]) -> str:
+    # The rule as last enforced: a preview's cut-off (perhaps a future --as-of) is no rule applied.
     latest: dict[str, PolicyRow] = {}
     for s in runs:
         for r in s.policies:
-            latest[r.policy] = r
+            if s.kind != "preview":
+                latest[r.policy] = r
+            elif r.policy not in latest or latest[r.policy].cutoff is None:
+                latest[r.policy] = replace(r, cutoff=None)
     if not latest:
         return ""
     rows = "".join(
@@ -248,7 +259,11 @@ def _policies_table(runs: Sequence[RunSummary]) -> str:
 
 
 def _run_heading(s: RunSummary) -> str:
-    badges = _badge(s.status, run_label(s).split(" (")[0]) + (" " + _badge("preview", "PREVIEW") if s.dry_run else "")
+    badges = _badge(s.status, run_label(s).split(" (")[0])
+    if s.kind == "preview" and s.status != "preview":
+        badges += " " + _badge("preview", "PREVIEW")
+    if s.verified is False:
+        badges += " " + _badge("failed", "UNVERIFIED: see the chain's verdict")
     facts = [f"run {s.run}", f"{s.user or '?'}@{s.host or '?'}", f"retention {s.version or '?'}"]
     if s.policy_file_sha256:
         facts.append(f"policy file {s.policy_file_sha256[:12]}")
@@ -260,16 +275,17 @@ def _run_heading(s: RunSummary) -> str:
     notes += [_purge_line(pg).capitalize() for pg in s.purges]
     notes += [f"Batch {r.get('batch')} of {r.get('policy')} checked by run {r.get('run')}: {r.get('result')}."
               for r in s.recovered]  # fmt: skip
-    return (f'<tr class="runhead"><td colspan="9"><span class="when">{_e(fmt_ts(s.started))}</span> {badges}'
+    return (f'<tr class="runhead"><td colspan="10"><span class="when">{_e(fmt_ts(s.started))}</span> {badges}'
             f' <span class="small">{_e(" · ".join(facts))}</span>'
             + "".join(f'<div class="small">{_e(n)}</div>' for n in notes if n) + "</td></tr>")  # fmt: skip
 
 
 def _policy_row(r: PolicyRow) -> str:
-    notes = _notes(r)[1:]  # the basis is in the policies table; child rows have a column
-    notes = [n for n in notes if not n.startswith("child rows")]
+    # The basis is in the policies table; child rows have a column.
+    notes = [n for n in _notes(r) if not n.startswith(("basis: ", "child rows"))]
     child = fmt_n(sum(r.cascaded.values())) if r.cascaded else ""
-    numbers = "".join(f'<td class="n">{_e(fmt_n(v))}</td>' for v in (r.due, r.held, r.deferred, r.applied))
+    numbers = "".join(f'<td class="n">{_e(fmt_n(v))}</td>'
+                      for v in (r.due, r.held, r.deferred, r.deleted, r.anonymised))
     return (f"<tr><td><b>{_e(r.policy)}</b>" + "".join(f'<div class="small">{_e(n)}</div>' for n in notes)
             + f"</td><td>{_e(r.action)}</td><td class=nowrap>{_e(fmt_cutoff(r.cutoff))}</td>{numbers}"
             f'<td class="n">{_e(child)}</td><td>{_badge(r.status)}</td></tr>')  # fmt: skip
@@ -277,12 +293,17 @@ def _policy_row(r: PolicyRow) -> str:
 
 def _runs_table(runs: Sequence[RunSummary]) -> str:
     head = ('<h2>Runs</h2><table class="runs"><thead><tr><th>Policy</th><th>Action</th><th>Cut-off</th>'
-            '<th class="n">Due</th><th class="n">Held</th><th class="n">Deferred</th><th class="n">Applied</th>'
+            '<th class="n">Due</th><th class="n">Held</th><th class="n">Deferred</th>'
+            '<th class="n">Deleted</th><th class="n">Anonymised</th>'
             '<th class="n">Child rows</th><th>Result</th></tr></thead>')  # fmt: skip
     bodies = []
     for s in runs:
         kind = STATUS_CLASS.get(s.status, "muted")
-        rows = "".join(map(_policy_row, s.policies)) or '<tr><td colspan="9">No policy was started.</td></tr>'
-        bodies.append(f'<tbody class="run {"preview" if s.dry_run and kind == "ok" else kind}">'
+        rows = "".join(map(_policy_row, s.policies)) or '<tr><td colspan="10">No policy was started.</td></tr>'
+        if s.verified is False:
+            kind = "bad"
+        elif s.kind == "preview" and kind in ("ok", "info"):
+            kind = "preview"
+        bodies.append(f'<tbody class="run {kind}">'
                       f"{_run_heading(s)}{rows}</tbody>")  # fmt: skip
     return head + "".join(bodies) + "</table>"
