@@ -391,3 +391,46 @@ def release_server_lock(conn: sa.Connection, name: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id(name)})
     elif dialect == "mysql":
         conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name[:64]})
+
+
+# The dates a run can read and order: Python's (and pendulum's) years 1-9999.
+_FIRST_DAY, _LAST_MOMENT = datetime.datetime(1, 1, 1), datetime.datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
+def _date_bounds(column: sa.Column[Any]) -> tuple[Any, Any]:
+    if isinstance(column.type, sa.DateTime):
+        if getattr(column.type, "timezone", False):
+            utc = datetime.UTC
+            return _FIRST_DAY.replace(tzinfo=utc), _LAST_MOMENT.replace(tzinfo=utc)
+        return _FIRST_DAY, _LAST_MOMENT
+    return _FIRST_DAY.date(), _LAST_MOMENT.date()
+
+
+def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool]:
+    """True where a non-NULL ``after`` value is a real date or timestamp; never NULL for one.
+
+    A value that is not one is never due (a wrongly deleted row is the worst bug): compared as
+    stored, it would sort before most cut-offs. What the column types let in differs:
+
+    - SQLite stores anything in a DATETIME/DATE column: ``''``, numbers (they sort before all
+      text), free text, impossible dates (``'2020-13-45 99:99:99'``, ``'2020-02-30'``,
+      ``'2020-01-01 24:00:00'``). Readable: text between ``0001-01-01`` and ``9999-12-31 ...``
+      (a range the ``after`` index serves) that SQLite's date functions read back unchanged
+      when normalised (``'+0 days'`` rolls 30 February over to March).
+    - MariaDB/MySQL keep zero dates (``'0000-00-00'``) and zero parts (``'2019-00-00'``,
+      ``'2019-05-00'``) unless ``sql_mode`` has NO_ZERO_DATE/NO_ZERO_IN_DATE (MariaDB's
+      default has neither), and impossible days with ALLOW_INVALID_DATES. Readable: from
+      ``0001-01-01`` on, and ``DATE_ADD(value, INTERVAL 0 DAY)`` is not NULL.
+    - PostgreSQL checks dates on input; what it holds beyond Python's years is ``-infinity``,
+      ``infinity`` and years BC or after 9999. Readable: between 0001-01-01 and 9999-12-31.
+
+    The bounds come first so that the planner keeps a range on the ``after`` index.
+    """
+    lo, hi = _date_bounds(column)
+    bounds = [value >= sa.literal(lo, column.type), value <= sa.literal(hi, column.type)]
+    if dialect == "sqlite":
+        normalised = sa.func.datetime(value, "+0 days")
+        return sa.and_(*bounds, normalised.is_not(None), normalised == sa.func.datetime(value))
+    if dialect == "mysql":
+        return sa.and_(*bounds, sa.func.date_add(value, sa.text("INTERVAL 0 DAY")).is_not(None))
+    return sa.and_(*bounds)

@@ -33,6 +33,8 @@ class Schema:
     tables: dict[str, sa.Table]
     edges: list[Edge]
     indexes: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    # SQLAlchemy's dialect name (sqlite, postgresql, mysql): what a stored date may be differs.
+    dialect: str = ""
 
     def referencing(self, table: str) -> list[Edge]:
         return [e for e in self.edges if e.parent == table]
@@ -66,7 +68,7 @@ def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
         found += [tuple(c.name for c in ix.columns) for ix in table.indexes]
         # MariaDB indexes every foreign key itself; the reflected FK columns are then indexed.
         indexes[name] = found
-    return Schema(dict(metadata.tables), edges, indexes), missing
+    return Schema(dict(metadata.tables), edges, indexes, engine.dialect.name), missing
 
 
 def key_column(table: sa.Table, policy: Policy) -> sa.Column[Any] | str:

@@ -107,11 +107,22 @@ class Plan:
         """The policy's table and its cascade tables: what one removal takes away."""
         return [self.policy.table, *self.tree]
 
-    def past_term(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+    def _after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
         after = t.c[self.policy.after]
-        if self.scan:
-            after = dialects.unindexed(after, self.scan)
+        return dialects.unindexed(after, self.scan) if self.scan else after
+
+    def readable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        """``after`` holds a real date (see dialects.readable_date); never NULL for a non-NULL value."""
+        return dialects.readable_date(self._after(t), self.table.c[self.policy.after], self.schema.dialect)
+
+    def past_term(self, t: sa.FromClause, readable: bool = True) -> sa.ColumnElement[bool]:
+        """Rows whose event is at or before the cut-off. With ``readable=False``, also the rows
+        whose ``after`` is not a date but compares as stored at or before it (for counting them:
+        a plain comparison would take them as due)."""
+        after = self._after(t)
         cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
+        if readable:
+            cond.append(self.readable(t))
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
         if self.policy.action == "anonymise":
             cond.append(self.pending(t))
@@ -267,10 +278,14 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
+        # One pass over the range the cut-off selects as stored; unreadable values in it are kept.
+        readable = self.readable(t)
         row = conn.execute(
-            sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
+            sa.select(tally(sa.and_(readable, self.held_match(t))), tally(sa.and_(readable, self.not_held(t))),
+                      tally(sa.not_(readable)))
+            .select_from(t).where(self.past_term(t, readable=False))
         ).one()
-        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
+        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0, unreadable=int(row[2]))
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:
             if cascade and self.tree:
@@ -368,6 +383,8 @@ class Counts:
     due: int
     deferred: int
     to_anonymise: int = 0
+    # Rows kept because ``after`` is not a date, though as stored it compares at or before the cut-off.
+    unreadable: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)
 
