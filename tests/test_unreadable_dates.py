@@ -41,7 +41,7 @@ GOOD_DUE = {100, 101}
 BAD: dict[str, dict[int, str]] = {
     "sqlite": {
         1: "''", 2: "'2020-13-45 99:99:99'", 3: "20200101", 4: "'2020-02-30 10:00:00'",
-        5: "'2020-01-01 24:00:00'", 6: "'yesterday'", 7: "-1.5", 8: "' 2020-01-01 10:00:00'",
+        5: "'10:00'", 6: "'yesterday'", 7: "-1.5", 8: "' 2020-01-01 10:00:00'", 9: "'2020-04-31'",
     },
     # sql_mode ALLOW_INVALID_DATES while inserting; MariaDB's default mode takes zero dates too.
     "mariadb": {
@@ -50,7 +50,7 @@ BAD: dict[str, dict[int, str]] = {
     },
     "postgresql": {1: "'-infinity'", 2: "'infinity'", 3: "'0044-03-15 10:00:00 BC'"},
 }
-BAD_BEFORE_CUTOFF = {"sqlite": {1, 2, 3, 4, 5, 7, 8}, "mariadb": {1, 2, 3, 4}, "postgresql": {1, 3}}
+BAD_BEFORE_CUTOFF = {"sqlite": {1, 2, 3, 4, 5, 7, 8, 9}, "mariadb": {1, 2, 3, 4}, "postgresql": {1, 3}}
 
 
 def create(db: TestDatabase) -> None:

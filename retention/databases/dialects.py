@@ -406,7 +406,8 @@ def _date_bounds(column: sa.Column[Any]) -> tuple[Any, Any]:
     return _FIRST_DAY.date(), _LAST_MOMENT.date()
 
 
-def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect: str) -> sa.ColumnElement[bool]:
+def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect: str,
+                  upper: bool = True) -> sa.ColumnElement[bool]:
     """True where a non-NULL ``after`` value is a real date or timestamp; never NULL for one.
 
     A value that is not one is never due (a wrongly deleted row is the worst bug): compared as
@@ -424,13 +425,29 @@ def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect:
     - PostgreSQL checks dates on input; what it holds beyond Python's years is ``-infinity``,
       ``infinity`` and years BC or after 9999. Readable: between 0001-01-01 and 9999-12-31.
 
-    The bounds come first so that the planner keeps a range on the ``after`` index.
+    The bounds come first so that the planner keeps a range on the ``after`` index. ``upper``:
+    also the upper bound, which a caller that already compares with a cut-off can leave out.
+
+    Cost (SQLite, the demo shop at 100k accounts, CPU time of the preview's counting queries):
+    the bounds alone add ~10 %, julianday ~30 %, all of it ~50 %: every function call is paid
+    per row of the due range. Nothing cheaper tells '2020-13-45' from a date in SQLite.
     """
     lo, hi = _date_bounds(column)
-    bounds = [value >= sa.literal(lo, column.type), value <= sa.literal(hi, column.type)]
+    bounds = [value >= sa.literal(lo, column.type)]
+    if upper:
+        bounds.append(value <= sa.literal(hi, column.type))
     if dialect == "sqlite":
-        normalised = sa.func.datetime(value, "+0 days")
-        return sa.and_(*bounds, normalised.is_not(None), normalised == sa.func.datetime(value))
+        day = sa.func.substr(value, 1, 10)
+        return sa.and_(
+            *bounds,
+            sa.func.julianday(value).is_not(None),  # a date and time SQLite reads, nothing after it
+            # Days 01-28 exist in every month; any other text there (days 29-31, or no YYYY-MM-DD
+            # at all: julianday also reads '10:00') must survive normalising, which rolls 30
+            # February over to 1 March. Only the date part: with the time, 23:59:59.999999 would
+            # round up into the next day.
+            sa.or_(sa.func.substr(value, 9, 2).between("01", "28"),
+                   sa.func.coalesce(sa.func.date(day, "+0 days"), "") == day),
+        )
     if dialect == "mysql":
         return sa.and_(*bounds, sa.func.date_add(value, sa.text("INTERVAL 0 DAY")).is_not(None))
     return sa.and_(*bounds)

@@ -113,7 +113,9 @@ class Plan:
 
     def readable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         """``after`` holds a real date (see dialects.readable_date); never NULL for a non-NULL value."""
-        return dialects.readable_date(self._after(t), self.table.c[self.policy.after], self.schema.dialect)
+        # No upper bound: every caller also compares with the cut-off.
+        return dialects.readable_date(self._after(t), self.table.c[self.policy.after], self.schema.dialect,
+                                      upper=False)
 
     def past_term(self, t: sa.FromClause, readable: bool = True) -> sa.ColumnElement[bool]:
         """Rows whose event is at or before the cut-off. With ``readable=False``, also the rows
@@ -121,9 +123,9 @@ class Plan:
         a plain comparison would take them as due)."""
         after = self._after(t)
         cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
-        if readable:
-            cond.append(self.readable(t))
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
+        if readable:  # after the plain comparisons: SQLite stops at the first false term
+            cond.append(self.readable(t))
         if self.policy.action == "anonymise":
             cond.append(self.pending(t))
         return sa.and_(*cond)
@@ -278,14 +280,17 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
-        # One pass over the range the cut-off selects as stored; unreadable values in it are kept.
-        readable = self.readable(t)
+        # One pass over the range the cut-off selects as stored. The readability check runs once
+        # per row, and again only for held rows (held_match is tested first): an unreadable
+        # value in the range is kept and counted; of the rest, held or due.
+        unreadable, held = sa.not_(self.readable(t)), self.held_match(t)
         row = conn.execute(
-            sa.select(tally(sa.and_(readable, self.held_match(t))), tally(sa.and_(readable, self.not_held(t))),
-                      tally(sa.not_(readable)))
+            sa.select(sa.func.count(), tally(held), tally(unreadable), tally(sa.and_(held, unreadable)))
             .select_from(t).where(self.past_term(t, readable=False))
         ).one()
-        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0, unreadable=int(row[2]))
+        in_range, held_all, bad, held_bad = (int(v) for v in row)
+        counts = Counts(total=int(total), held=held_all - held_bad, due=in_range - held_all - (bad - held_bad),
+                        deferred=0, unreadable=bad)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:
             if cascade and self.tree:
