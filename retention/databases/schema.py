@@ -141,6 +141,9 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
     if after is not None:
         if not _is_temporal(after):
             problems.append(("after", f"column '{after.name}' is {after.type}, not a date or datetime"))
+        elif policy.after_timezone and isinstance(after.type, sa.DateTime) and after.type.timezone:
+            problems.append(("after_timezone", f"column '{after.name}' carries its own time zone; "
+                                               "after_timezone is for a column without one"))
         elif not schema.has_index(table.name, (after.name,)):
             warnings.append(
                 f"policy '{policy.name}': no index on {table.name}.{after.name}; a nightly run scans the table. "

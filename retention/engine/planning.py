@@ -107,6 +107,13 @@ class Plan:
         """The policy's table and its cascade tables: what one removal takes away."""
         return [self.policy.table, *self.tree]
 
+    @functools.cached_property
+    def column_cutoff(self) -> Cutoff:
+        """The cut-off in the terms of the ``after`` column: for a naive column whose values are
+        another zone's wall clock (``after_timezone``), that zone's wall times."""
+        zone = self.policy.after_timezone
+        return self.cutoff.in_zone(zone) if zone else self.cutoff
+
     def _after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
         after = t.c[self.policy.after]
         return dialects.unindexed(after, self.scan) if self.scan else after
@@ -122,7 +129,7 @@ class Plan:
         whose ``after`` is not a date but compares as stored at or before it (for counting them:
         a plain comparison would take them as due)."""
         after = self._after(t)
-        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
+        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.column_cutoff)]
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
         if readable:  # after the plain comparisons: SQLite stops at the first false term
             cond.append(self.readable(t))
@@ -263,7 +270,7 @@ class Plan:
         after = self.table.c[self.policy.after]
         limit = max(1_000, total // 5)
         probe = sa.select(sa.literal(1)).where(
-            after.is_not(None), _in_term_end(after, after, self.cutoff)
+            after.is_not(None), _in_term_end(after, after, self.column_cutoff)
         ).limit(limit).subquery()
         found = conn.execute(sa.select(sa.func.count()).select_from(probe)).scalar_one()
         self.scan = dialect if found >= limit else None

@@ -220,6 +220,21 @@ class Cutoff:
     def isoformat(self) -> str:
         return self.instant.isoformat()
 
+    def in_zone(self, zone: str) -> Cutoff:
+        """The same due events for a column of naive wall-clock times of another zone
+        (``after_timezone``): its values are read in ``zone``, aligned in ``timezone``.
+
+        The main range ends at the last wall time in ``zone`` all of whose instants are at or
+        before :attr:`instant`, and each window starts at the first wall time all of whose
+        instants are at or after the window's: a wall time that occurs twice (the autumn
+        clock change in ``zone``) is due only when both of its instants are.
+        """
+        if zone == self.timezone:
+            return self
+        windows = tuple((_wall_from(lo, zone), _wall_until(hi, zone)) for lo, hi in self.instant_windows())
+        return Cutoff(local=_wall_until(self.instant, zone), instant=self.instant, timezone=zone,
+                      windows=tuple((lo, hi) for lo, hi in windows if lo <= hi))
+
 
 def _months(period: Period) -> int:
     return period.n * (12 if period.unit == "years" else 1)
@@ -303,6 +318,56 @@ def _instant(local: dt.datetime, timezone: str) -> pendulum.DateTime:
                 hi = mid
         utc = lo
     return pendulum.instance(utc).in_timezone(timezone)
+
+
+def _instants(wall: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """The earliest and the latest instant (UTC) a wall time in ``zone`` can stand for."""
+    a, b = (wall.replace(tzinfo=zone, fold=f).astimezone(dt.UTC) for f in (0, 1))
+    return min(a, b), max(a, b)
+
+
+_STEP = dt.timedelta(microseconds=1)
+
+
+def _plain_wall(instant: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """``instant`` as a plain UTC datetime, and its naive wall time in ``zone`` (no pendulum types)."""
+    u = instant.astimezone(dt.UTC)
+    plain = dt.datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=dt.UTC)
+    return plain, plain.astimezone(zone).replace(tzinfo=None, fold=0)
+
+
+def _wall_until(instant: dt.datetime, timezone: str) -> dt.datetime:
+    """The last wall time in ``timezone`` whose every instant is at or before ``instant``."""
+    zone = ZoneInfo(timezone)
+    instant, wall = _plain_wall(instant, zone)
+    if _instants(wall, zone)[1] <= instant:
+        return wall
+    # ``instant`` is the first of a repeated wall time: the repetition starts at most a day
+    # earlier, and wall times before it are due.
+    lo, hi = wall - dt.timedelta(days=1), wall
+    while hi - lo > _STEP:
+        mid = lo + (hi - lo) // 2
+        if _instants(mid, zone)[1] <= instant:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _wall_from(instant: dt.datetime, timezone: str) -> dt.datetime:
+    """The first wall time in ``timezone`` whose every instant is at or after ``instant``."""
+    zone = ZoneInfo(timezone)
+    instant, wall = _plain_wall(instant, zone)
+    if _instants(wall, zone)[0] >= instant:
+        return wall
+    lo, hi = wall, wall + dt.timedelta(days=1)
+    while hi - lo > _STEP:
+        mid = lo + (hi - lo) // 2
+        if _instants(mid, zone)[0] >= instant:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def parse_as_of(text: str, timezone: str) -> pendulum.DateTime:

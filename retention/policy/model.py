@@ -86,6 +86,16 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _zone(value: str) -> str:
+    import pendulum
+
+    try:
+        pendulum.timezone(value)
+    except Exception:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Amsterdam)") from None
+    return value
+
+
 def _single_values(value: Any) -> Any:
     """``exclude`` / ``where``: column -> one value (text, number, true/false or null)."""
     if not isinstance(value, Mapping):
@@ -130,6 +140,9 @@ class Policy(_Strict):
     table: str
     key: str | None = None
     after: str
+    # Extension: the zone whose wall clock a naive `after` column holds (e.g. UTC for
+    # WooCommerce's *_gmt columns); default: the file's `timezone`. Aligned in `timezone`.
+    after_timezone: str | None = None
     retain: Period
     minimum: Period | None = None
     align: str = "none"
@@ -159,6 +172,11 @@ class Policy(_Strict):
     @classmethod
     def _periods(cls, v: Any) -> Period | None:
         return None if v is None else _period(v)
+
+    @field_validator("after_timezone")
+    @classmethod
+    def _after_timezone(cls, v: str | None) -> str | None:
+        return None if v is None else _zone(v)
 
     @field_validator("exclude", "where", mode="before")
     @classmethod
@@ -220,13 +238,7 @@ class PolicyFile(_Strict):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
-        import pendulum
-
-        try:
-            pendulum.timezone(v)
-        except Exception:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Amsterdam)") from None
-        return v
+        return _zone(v)
 
     @field_validator("databases")
     @classmethod
