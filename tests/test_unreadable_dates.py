@@ -36,12 +36,14 @@ GOOD = {
 }
 GOOD_DUE = {100, 101}
 
-# Per database: id -> raw SQL literal of a stored value that is not a date, and which of them
-# compare (as stored) at or before the cut-off: those a plain comparison would have deleted.
+# Per database: id -> raw SQL literal of a stored value that is not a date, and which of them a
+# run counts as `unreadable`: all but a malformed date that sorts after the cut-off (validate
+# counts those too).
 BAD: dict[str, dict[int, str]] = {
     "sqlite": {
         1: "''", 2: "'2020-13-45 99:99:99'", 3: "20200101", 4: "'2020-02-30 10:00:00'",
         5: "'10:00'", 6: "'yesterday'", 7: "-1.5", 8: "' 2020-01-01 10:00:00'", 9: "'2020-04-31'",
+        10: "'2030-13-45'",
     },
     # sql_mode ALLOW_INVALID_DATES while inserting; MariaDB's default mode takes zero dates too.
     "mariadb": {
@@ -50,7 +52,7 @@ BAD: dict[str, dict[int, str]] = {
     },
     "postgresql": {1: "'-infinity'", 2: "'infinity'", 3: "'0044-03-15 10:00:00 BC'"},
 }
-BAD_BEFORE_CUTOFF = {"sqlite": {1, 2, 3, 4, 5, 7, 8, 9}, "mariadb": {1, 2, 3, 4}, "postgresql": {1, 3}}
+COUNTED_BY_RUN = {"sqlite": set(range(1, 10)), "mariadb": {1, 2, 3, 4}, "postgresql": {1, 2, 3}}
 
 
 def create(db: TestDatabase) -> None:
@@ -83,9 +85,9 @@ def setup(db: TestDatabase, tmp_path: Path, **overrides: Any) -> Path:
 
 
 def test_values_that_are_not_dates_are_kept_and_counted(db: TestDatabase, tmp_path: Path) -> None:
-    """Preview and run: only the real dates past their term go; every bad value stays, and
-    those that compare before the cut-off as stored are counted as `unreadable` in the JSON,
-    the text report and the audit log's policy.end."""
+    """Preview and run: only the real dates past their term go; every bad value stays and is
+    counted as `unreadable` in the JSON, the text report and the audit log's policy.end (but
+    a malformed date later than the cut-off)."""
     pf = setup(db, tmp_path)
     everything = set(GOOD) | set(BAD[db.name])
     assert ids(db.engine, "SELECT id FROM events") == everything
@@ -93,20 +95,20 @@ def test_values_that_are_not_dates_are_kept_and_counted(db: TestDatabase, tmp_pa
     preview = run_cli(pf, "--dry-run")
     assert preview.exit_code == 0, preview
     p = preview.policy("events")
-    assert (p["due"], p["unreadable"]) == (len(GOOD_DUE), len(BAD_BEFORE_CUTOFF[db.name]))
+    assert (p["due"], p["unreadable"]) == (len(GOOD_DUE), len(COUNTED_BY_RUN[db.name]))
     assert sorted(p["sample_keys"]) == sorted(GOOD_DUE)
 
     text = run_cli(pf, "--dry-run", fmt="text")
-    assert f"{len(BAD_BEFORE_CUTOFF[db.name])} row(s) kept: their `after` value is not a date" in text.stdout
+    assert f"{len(COUNTED_BY_RUN[db.name])} row(s) kept: their `after` value is not a date" in text.stdout
 
     result = run_cli(pf)
     assert result.exit_code == 0, result
     p = result.policy("events")
-    assert (p["applied"], p["unreadable"]) == (len(GOOD_DUE), len(BAD_BEFORE_CUTOFF[db.name]))
+    assert (p["applied"], p["unreadable"]) == (len(GOOD_DUE), len(COUNTED_BY_RUN[db.name]))
     assert ids(db.engine, "SELECT id FROM events") == everything - GOOD_DUE
 
     ends = [e for e in audit.read_entries(audit_path(pf)) if e["event"] == "policy.end"]
-    assert [e["unreadable"] for e in ends] == [len(BAD_BEFORE_CUTOFF[db.name])] * 3
+    assert [e["unreadable"] for e in ends] == [len(COUNTED_BY_RUN[db.name])] * 3
 
     # Years later nothing changes for them: a bad value is never due.
     later = run_cli(pf, "--dry-run", as_of="2099-01-01T00:00:00")
@@ -126,7 +128,7 @@ def test_anonymise_leaves_values_that_are_not_dates_alone(db: TestDatabase, tmp_
         "action": "anonymise", "fields": {"note": "redact"}, "max_fraction": 1.0}])
     result = run_cli(pf)
     assert result.exit_code == 0, result
-    assert result.policy("events")["unreadable"] == len(BAD_BEFORE_CUTOFF[db.name])
+    assert result.policy("events")["unreadable"] == len(COUNTED_BY_RUN[db.name])
     assert ids(db.engine, "SELECT id FROM events WHERE note <> 'personal'") == GOOD_DUE
 
 
@@ -137,7 +139,7 @@ def test_date_column_with_values_that_are_not_dates(db: TestDatabase, tmp_path: 
     bad = {"sqlite": {1: "''", 2: "20191231", 3: "'2019-02-29'"},
            "mariadb": {1: "'0000-00-00'", 2: "'2019-12-00'", 3: "'2019-02-29'"},
            "postgresql": {1: "'-infinity'", 2: "'2019-12-31 BC'", 3: "'infinity'"}}[db.name]
-    before = {"sqlite": 3, "mariadb": 3, "postgresql": 2}[db.name]
+    before = 3
     insert_raw(db, "happened_on", {10: "'2024-11-24'", 11: "'2024-11-25'"} | bad)
     pf = write_policies(tmp_path / "policies.yaml", db.url, [{
         "name": "events", "table": "events", "after": "happened_on", "retain": "24 months",
@@ -224,7 +226,8 @@ def test_the_due_selection_uses_the_index_on_after(db: TestDatabase, tmp_path: P
         connected.dispose()
 
 
-@pytest.mark.parametrize("value", ["2020-13-45 99:99:99", "", "2020-02-30 10:00:00"])
+@pytest.mark.parametrize("value", ["2020-13-45 99:99:99", "", "2020-02-30 10:00:00", "2019-02-29", "10:00",
+                                   "2020-01-01 10:00:00 x", "2020-1-1"])
 def test_sqlite_a_bad_value_beside_a_good_one_of_the_same_day(sqlite_db: TestDatabase, tmp_path: Path,
                                                              value: str) -> None:
     """The text bounds alone are not the check: a bad value in the range of real dates is kept too."""
@@ -237,3 +240,20 @@ def test_sqlite_a_bad_value_beside_a_good_one_of_the_same_day(sqlite_db: TestDat
         "action": "delete", "max_fraction": 1.0}])
     assert run_cli(pf).policy("events")["applied"] == 1
     assert ids(sqlite_db.engine, "SELECT id FROM events") == {1}
+
+
+@pytest.mark.parametrize("value", ["2020-12-31 23:59:59.999999", "2020-02-29 23:59:59.999999", "2020-01-31",
+                                   "2020-04-30 10:00", "2020-01-01T10:00:00", "2020-01-01 24:00:00"])
+def test_sqlite_real_dates_stay_readable(sqlite_db: TestDatabase, tmp_path: Path, value: str) -> None:
+    """Dates SQLite reads are due as before: the last microsecond of a month (normalising the
+    whole value would round it into the next day), month ends, minutes without seconds, the
+    ISO 'T', and 24:00 (the end of a day, which SQLite reads as the next midnight)."""
+    create(sqlite_db)
+    with sqlite_db.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO events (id, happened_at) VALUES (1, ?)", (value,))
+    pf = write_policies(tmp_path / "policies.yaml", sqlite_db.url, [{
+        "name": "events", "table": "events", "after": "happened_at", "retain": "24 months",
+        "action": "delete", "max_fraction": 1.0}])
+    result = run_cli(pf)
+    assert (result.policy("events")["applied"], result.policy("events")["unreadable"]) == (1, 0), result
+    assert ids(sqlite_db.engine, "SELECT id FROM events") == set()

@@ -406,6 +406,12 @@ def _date_bounds(column: sa.Column[Any]) -> tuple[Any, Any]:
     return _FIRST_DAY.date(), _LAST_MOMENT.date()
 
 
+def beyond_dates(value: sa.ColumnElement[Any], column: sa.Column[Any]) -> sa.ColumnElement[bool]:
+    """Values that sort after every date (SQLite: text starting with a letter, BLOBs;
+    PostgreSQL: ``infinity``, years after 9999): never readable, and a range on the index."""
+    return value > sa.literal(_date_bounds(column)[1], column.type)
+
+
 def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect: str,
                   upper: bool = True) -> sa.ColumnElement[bool]:
     """True where a non-NULL ``after`` value is a real date or timestamp; never NULL for one.

@@ -296,8 +296,14 @@ class Plan:
             .select_from(t).where(self.past_term(t, readable=False))
         ).one()
         in_range, held_all, bad, held_bad = (int(v) for v in row)
+        # Also the values that sort after every date ('yesterday', infinity): a range on the
+        # index, so that `unreadable` misses only malformed dates later than the cut-off.
+        after = self.table.c[self.policy.after]
+        beyond = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(
+            dialects.beyond_dates(after, after), *[_match(t, c, v) for c, v in self.policy.where.items()])
+        ).scalar_one())
         counts = Counts(total=int(total), held=held_all - held_bad, due=in_range - held_all - (bad - held_bad),
-                        deferred=0, unreadable=bad)
+                        deferred=0, unreadable=bad + beyond)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:
             if cascade and self.tree:
@@ -395,7 +401,7 @@ class Counts:
     due: int
     deferred: int
     to_anonymise: int = 0
-    # Rows kept because ``after`` is not a date, though as stored it compares at or before the cut-off.
+    # Rows kept because ``after`` is not a date: all but malformed dates later than the cut-off.
     unreadable: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)

@@ -58,8 +58,8 @@ class PolicyOutcome:
     due: int = 0
     held: int = 0
     deferred: int = 0
-    # Kept because `after` is not a date (dialects.readable_date), though as stored it is at or
-    # before the cut-off: a plain comparison would have taken these rows.
+    # Kept because `after` is not a date (dialects.readable_date); all of them but malformed
+    # dates later than the cut-off, which only `validate` counts (a scan of the table).
     unreadable: int = 0
     applied: int = 0
     anonymised: int = 0
