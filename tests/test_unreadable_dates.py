@@ -257,3 +257,38 @@ def test_sqlite_real_dates_stay_readable(sqlite_db: TestDatabase, tmp_path: Path
     result = run_cli(pf)
     assert (result.policy("events")["applied"], result.policy("events")["unreadable"]) == (1, 0), result
     assert ids(sqlite_db.engine, "SELECT id FROM events") == set()
+
+
+def test_a_child_whose_date_is_unreadable_keeps_its_parent(db: TestDatabase, tmp_path: Path) -> None:
+    """A child policy runs first; its row with a bad date stays, so its parent is deferred (not
+    deleted from under it), while the parent of a child that did go is deleted in the same run."""
+    md = sa.MetaData()
+    sa.Table("parents", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("ended_at", sa.DateTime, index=True))
+    sa.Table("children", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("parent_id", sa.Integer, sa.ForeignKey("parents.id"), nullable=False, index=True),
+             sa.Column("written_at", sa.DateTime, index=True))
+    md.create_all(db.engine)
+    bad = {"sqlite": "''", "mariadb": "'0000-00-00 00:00:00'", "postgresql": "'-infinity'"}[db.name]
+    with db.engine.begin() as conn:
+        if db.name == "mariadb":
+            conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.exec_driver_sql("INSERT INTO parents (id, ended_at) VALUES (1, '2020-01-01 00:00:00'), "
+                             "(2, '2020-01-01 00:00:00')")
+        conn.exec_driver_sql(f"INSERT INTO children (id, parent_id, written_at) VALUES (10, 1, {bad}), "
+                             "(20, 2, '2020-01-01 00:00:00')")
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "parents", "table": "parents", "after": "ended_at", "retain": "24 months", "action": "delete",
+         "max_fraction": 1.0},
+        {"name": "children", "table": "children", "after": "written_at", "retain": "24 months",
+         "action": "delete", "max_fraction": 1.0},
+    ])
+    preview = run_cli(pf, "--dry-run")
+    p = preview.policy("parents")
+    assert (p["due"], p["deferred"], p["deferred_reasons"]) == (2, 1, {"children": 1}), preview
+    assert preview.policy("children")["unreadable"] == 1
+    result = run_cli(pf)
+    assert result.exit_code == 0, result
+    assert (result.policy("children")["applied"], result.policy("parents")["applied"]) == (1, 1), result
+    assert ids(db.engine, "SELECT id FROM children") == {10}
+    assert ids(db.engine, "SELECT id FROM parents") == {1}
