@@ -420,10 +420,10 @@ def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect:
     stored, it would sort before most cut-offs. What the column types let in differs:
 
     - SQLite stores anything in a DATETIME/DATE column: ``''``, numbers (they sort before all
-      text), free text, impossible dates (``'2020-13-45 99:99:99'``, ``'2020-02-30'``,
-      ``'2020-01-01 24:00:00'``). Readable: text between ``0001-01-01`` and ``9999-12-31 ...``
-      (a range the ``after`` index serves) that SQLite's date functions read back unchanged
-      when normalised (``'+0 days'`` rolls 30 February over to March).
+      text), free text, impossible dates (``'2020-13-45 99:99:99'``, ``'2020-02-30'``), a time
+      without a date (``'10:00'``). Readable: text from ``0001-01-01`` on (a range the
+      ``after`` index serves) that ``julianday`` reads, whose day exists in its month.
+      ``'2020-01-01 24:00:00'`` is read as the next midnight, and sorts there: readable.
     - MariaDB/MySQL keep zero dates (``'0000-00-00'``) and zero parts (``'2019-00-00'``,
       ``'2019-05-00'``) unless ``sql_mode`` has NO_ZERO_DATE/NO_ZERO_IN_DATE (MariaDB's
       default has neither), and impossible days with ALLOW_INVALID_DATES. Readable: from
@@ -434,9 +434,10 @@ def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect:
     The bounds come first so that the planner keeps a range on the ``after`` index. ``upper``:
     also the upper bound, which a caller that already compares with a cut-off can leave out.
 
-    Cost (SQLite, the demo shop at 100k accounts, CPU time of the preview's counting queries):
-    the bounds alone add ~10 %, julianday ~30 %, all of it ~50 %: every function call is paid
-    per row of the due range. Nothing cheaper tells '2020-13-45' from a date in SQLite.
+    On SQLite the function calls are paid per row of the due range: ~40 % more CPU time for
+    the preview's counting statements on the demo shop (docs/how-it-works.md, section 5).
+    Nothing cheaper is enough: the bounds alone let '2020-13-45' through, julianday alone
+    '2020-02-30' and '10:00'.
     """
     lo, hi = _date_bounds(column)
     bounds = [value >= sa.literal(lo, column.type)]
