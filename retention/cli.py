@@ -114,7 +114,7 @@ def validate(state: _State) -> None:
     from retention.engine.validation import connect_and_check
 
     model = state.load()
-    connected = connect_and_check(model, readonly=True)
+    connected = connect_and_check(model, readonly=True, survey=True)
     try:
         for warning in connected.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -196,6 +196,7 @@ def test_every_key_is_read_with_its_value() -> None:
     assert accounts.basis == "Privacyverklaring, bewaartermijnen"
     assert accounts.key == "id" and accounts.marker == "anonymised_at"
     assert accounts.minimum == Period(1, "years") and accounts.align == "end_of_month"
+    assert accounts.minimum_align == "end_of_month" and accounts.after_timezone == "UTC"
     assert accounts.fields == {
         "email": "fake.email", "phone": None, "city": "null", "street": "redact: [verwijderd]",
         "postcode": "generalise.postcode", "birth_date": "generalise.month",

@@ -33,6 +33,8 @@ class Schema:
     tables: dict[str, sa.Table]
     edges: list[Edge]
     indexes: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    # SQLAlchemy's dialect name (sqlite, postgresql, mysql): what a stored date may be differs.
+    dialect: str = ""
 
     def referencing(self, table: str) -> list[Edge]:
         return [e for e in self.edges if e.parent == table]
@@ -66,7 +68,7 @@ def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
         found += [tuple(c.name for c in ix.columns) for ix in table.indexes]
         # MariaDB indexes every foreign key itself; the reflected FK columns are then indexed.
         indexes[name] = found
-    return Schema(dict(metadata.tables), edges, indexes), missing
+    return Schema(dict(metadata.tables), edges, indexes, engine.dialect.name), missing
 
 
 def key_column(table: sa.Table, policy: Policy) -> sa.Column[Any] | str:
@@ -139,6 +141,9 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
     if after is not None:
         if not _is_temporal(after):
             problems.append(("after", f"column '{after.name}' is {after.type}, not a date or datetime"))
+        elif policy.after_timezone and isinstance(after.type, sa.DateTime) and after.type.timezone:
+            problems.append(("after_timezone", f"column '{after.name}' carries its own time zone; "
+                                               "after_timezone is for a column without one"))
         elif not schema.has_index(table.name, (after.name,)):
             warnings.append(
                 f"policy '{policy.name}': no index on {table.name}.{after.name}; a nightly run scans the table. "

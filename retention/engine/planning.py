@@ -107,12 +107,32 @@ class Plan:
         """The policy's table and its cascade tables: what one removal takes away."""
         return [self.policy.table, *self.tree]
 
-    def past_term(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+    @functools.cached_property
+    def column_cutoff(self) -> Cutoff:
+        """The cut-off in the terms of the ``after`` column: for a naive column whose values are
+        another zone's wall clock (``after_timezone``), that zone's wall times."""
+        zone = self.policy.after_timezone
+        return self.cutoff.in_zone(zone) if zone else self.cutoff
+
+    def _after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
         after = t.c[self.policy.after]
-        if self.scan:
-            after = dialects.unindexed(after, self.scan)
-        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
+        return dialects.unindexed(after, self.scan) if self.scan else after
+
+    def readable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        """``after`` holds a real date (see dialects.readable_date); never NULL for a non-NULL value."""
+        # No upper bound: every caller also compares with the cut-off.
+        return dialects.readable_date(self._after(t), self.table.c[self.policy.after], self.schema.dialect,
+                                      upper=False)
+
+    def past_term(self, t: sa.FromClause, readable: bool = True) -> sa.ColumnElement[bool]:
+        """Rows whose event is at or before the cut-off. With ``readable=False``, also the rows
+        whose ``after`` is not a date but compares as stored at or before it (for counting them:
+        a plain comparison would take them as due)."""
+        after = self._after(t)
+        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.column_cutoff)]
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
+        if readable:  # after the plain comparisons: SQLite stops at the first false term
+            cond.append(self.readable(t))
         if self.policy.action == "anonymise":
             cond.append(self.pending(t))
         return sa.and_(*cond)
@@ -250,7 +270,7 @@ class Plan:
         after = self.table.c[self.policy.after]
         limit = max(1_000, total // 5)
         probe = sa.select(sa.literal(1)).where(
-            after.is_not(None), _in_term_end(after, after, self.cutoff)
+            after.is_not(None), _in_term_end(after, after, self.column_cutoff)
         ).limit(limit).subquery()
         found = conn.execute(sa.select(sa.func.count()).select_from(probe)).scalar_one()
         self.scan = dialect if found >= limit else None
@@ -267,10 +287,23 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
+        # One pass over the range the cut-off selects as stored. The readability check runs once
+        # per row, and again only for held rows (held_match is tested first): an unreadable
+        # value in the range is kept and counted; of the rest, held or due.
+        unreadable, held = sa.not_(self.readable(t)), self.held_match(t)
         row = conn.execute(
-            sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
+            sa.select(sa.func.count(), tally(held), tally(unreadable), tally(sa.and_(held, unreadable)))
+            .select_from(t).where(self.past_term(t, readable=False))
         ).one()
-        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
+        in_range, held_all, bad, held_bad = (int(v) for v in row)
+        # Also the values that sort after every date ('yesterday', infinity): a range on the
+        # index, so that `unreadable` misses only malformed dates later than the cut-off.
+        after = self.table.c[self.policy.after]
+        beyond = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(
+            dialects.beyond_dates(after, after), *[_match(t, c, v) for c, v in self.policy.where.items()])
+        ).scalar_one())
+        counts = Counts(total=int(total), held=held_all - held_bad, due=in_range - held_all - (bad - held_bad),
+                        deferred=0, unreadable=bad + beyond)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if not edges or not counts.due:
             if cascade and self.tree:
@@ -368,6 +401,8 @@ class Counts:
     due: int
     deferred: int
     to_anonymise: int = 0
+    # Rows kept because ``after`` is not a date: all but malformed dates later than the cut-off.
+    unreadable: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)
 

@@ -58,6 +58,9 @@ class PolicyOutcome:
     due: int = 0
     held: int = 0
     deferred: int = 0
+    # Kept because `after` is not a date (dialects.readable_date); all of them but malformed
+    # dates later than the cut-off, which only `validate` counts (a scan of the table).
+    unreadable: int = 0
     applied: int = 0
     anonymised: int = 0
     cascaded: dict[str, int] = field(default_factory=dict)
@@ -118,6 +121,7 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
 
 def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
+    outcome.unreadable = counts.unreadable
     outcome.deferred_reasons = dict(counts.reasons)
     outcome.total = counts.total
 
@@ -220,10 +224,12 @@ def execute_run(
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
+                        unreadable=outcome.unreadable,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
+                     unreadable=outcome.unreadable,
                      applied=outcome.applied, anonymised=outcome.anonymised, cascaded=outcome.cascaded,
                      status=outcome.status, dry_run=dry_run, duration_s=outcome.duration_s)
 

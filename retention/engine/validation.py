@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from retention.databases import dialects, purge
-from retention.databases.schema import Schema, check_policy, locate, reflect
+from retention.databases.schema import Schema, check_policy, key_column, locate, reflect
 from retention.errors import DatabaseUnreachable, SchemaError
 from retention.policy.model import Policy, PolicyFile
 
@@ -30,8 +30,12 @@ class Connected:
 
 
 def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = None,
-                      readonly: bool = True) -> Connected:
-    """Engines and reflected schemas for the policies' databases; raise SchemaError on any problem."""
+                      readonly: bool = True, survey: bool = False) -> Connected:
+    """Engines and reflected schemas for the policies' databases; raise SchemaError on any problem.
+
+    ``survey`` (``retention validate``) also reads the data: rows whose ``after`` is not a date
+    become warnings. It scans each policy's table, which a nightly run does not need to do.
+    """
     policies = list(model.policies if policies is None else policies)
     needed = list(dict.fromkeys(model.database_of(p) for p in policies))
     engines: dict[str, sa.Engine] = {}
@@ -59,11 +63,37 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             warnings += purge.storage_warnings(engines[name], name, model.databases[name].purge)
         if problems:
             raise SchemaError(problems)
+        if survey:
+            for p in policies:
+                name = model.database_of(p)
+                warning = unreadable_warning(engines[name], schemas[name], p)
+                if warning:
+                    warnings.append(warning)
     except BaseException:
         for engine in engines.values():
             engine.dispose()
         raise
     return Connected(engines, schemas, warnings)
+
+
+def unreadable_warning(engine: sa.Engine, schema: Schema, policy: Policy, first: int = 5) -> str | None:
+    """A warning for the policy's rows whose ``after`` is not a date (never due), with the first keys."""
+    table = schema.tables[policy.table]
+    after = table.c[policy.after]
+    key = key_column(table, policy)
+    assert not isinstance(key, str), key
+    cond = sa.and_(
+        after.is_not(None), sa.not_(dialects.readable_date(after, after, schema.dialect)),
+        *[table.c[c].is_(None) if v is None else table.c[c] == v for c, v in policy.where.items()],
+    )
+    with engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one()
+        if not count:
+            return None
+        keys = conn.execute(sa.select(key).where(cond).order_by(key).limit(first)).scalars().all()
+    shown = ", ".join(map(str, keys)) + (", ..." if count > len(keys) else "")
+    return (f"policy '{policy.name}': {count} row(s) of {table.name} whose {after.name} is not a date "
+            f"are never due (keys {shown}); correct them, or set them to NULL if the event never happened")
 
 
 def _refuse_missing_sqlite_file(name: str, url: str) -> None:

@@ -103,6 +103,50 @@ def parse_period(text: object) -> Period:
     return Period(n, unit)  # type: ignore[arg-type]
 
 
+# How far past an event each alignment can start its term, at most: the event may be at the
+# very start of its month or year. In months (exact for month/year periods) and in days
+# (the longest case, for days and weeks).
+_ALIGN_ORDER = {"none": 0, "end_of_month": 1, "end_of_year": 2}
+_ALIGN_GAP_MONTHS = {("none", "end_of_month"): 1, ("none", "end_of_year"): 12, ("end_of_month", "end_of_year"): 11}
+_ALIGN_GAP_DAYS = {("none", "end_of_month"): 31, ("none", "end_of_year"): 366, ("end_of_month", "end_of_year"): 335}
+_SHORTEST_DAYS = {"days": 1, "weeks": 7, "months": 28, "years": 365}
+_LONGEST_DAYS = {"days": 1, "weeks": 7, "months": 31, "years": 366}
+_MONTHS = {"months": 1, "years": 12}
+
+
+def floor_shortfall(retain: Period, align: Align, minimum: Period, minimum_align: Align = "none") -> str | None:
+    """Why ``align(event) + retain`` can come before ``minimum_align(event) + minimum`` for some
+    event, or None when it never can (the statutory floor holds for every event).
+
+    When the term counts from the same or a later moment than the floor (``align`` at least as
+    coarse as ``minimum_align``), the floor holds exactly when ``retain`` is never shorter than
+    ``minimum`` (:meth:`Period.at_least`): an aligned start is the last moment of its month
+    or year, so adding the same months to it never lands earlier, and at the very end of a year
+    every alignment starts at the same moment. When the term starts earlier (``align: none``
+    against ``minimum_align: end_of_year``), an event on 1 January starts it almost a year
+    before the floor's count does, so ``retain`` must also cover that gap: in months exactly
+    (``minimum`` + 12 months), with days or weeks by the shortest ``retain`` against the longest
+    ``minimum`` plus the longest gap.
+    """
+    gap = (align, minimum_align)
+    if _ALIGN_ORDER[align] >= _ALIGN_ORDER[minimum_align]:
+        return None if retain.at_least(minimum) else f"{retain} is shorter than the statutory minimum of {minimum}"
+    if retain.unit in _MONTHS and minimum.unit in _MONTHS:
+        need = minimum.n * _MONTHS[minimum.unit] + _ALIGN_GAP_MONTHS[gap]
+        if retain.n * _MONTHS[retain.unit] >= need:
+            return None
+        needed = Period(need // 12, "years") if need % 12 == 0 else Period(need, "months")
+    else:
+        need = minimum.n * _LONGEST_DAYS[minimum.unit] + _ALIGN_GAP_DAYS[gap]
+        if retain.n * _SHORTEST_DAYS[retain.unit] >= need:
+            return None
+        needed = Period(need, "days")
+    start = {"none": "the event", "end_of_month": "the end of its month", "end_of_year": "the end of its year"}
+    return (f"{retain} from {start[align]} (align: {align}) can end before the statutory minimum of {minimum} "
+            f"from {start[minimum_align]} (minimum_align: {minimum_align}); use align: {minimum_align}, "
+            f"or retain at least {needed}")
+
+
 def _days_in_month(year: int, month: int) -> int:
     return calendar.monthrange(year, month)[1]
 
@@ -175,6 +219,21 @@ class Cutoff:
 
     def isoformat(self) -> str:
         return self.instant.isoformat()
+
+    def in_zone(self, zone: str) -> Cutoff:
+        """The same due events for a column of naive wall-clock times of another zone
+        (``after_timezone``): its values are read in ``zone``, aligned in ``timezone``.
+
+        The main range ends at the last wall time in ``zone`` all of whose instants are at or
+        before :attr:`instant`, and each window starts at the first wall time all of whose
+        instants are at or after the window's: a wall time that occurs twice (the autumn
+        clock change in ``zone``) is due only when both of its instants are.
+        """
+        if zone == self.timezone:
+            return self
+        windows = tuple((_wall_from(lo, zone), _wall_until(hi, zone)) for lo, hi in self.instant_windows())
+        return Cutoff(local=_wall_until(self.instant, zone), instant=self.instant, timezone=zone,
+                      windows=tuple((lo, hi) for lo, hi in windows if lo <= hi))
 
 
 def _months(period: Period) -> int:
@@ -259,6 +318,56 @@ def _instant(local: dt.datetime, timezone: str) -> pendulum.DateTime:
                 hi = mid
         utc = lo
     return pendulum.instance(utc).in_timezone(timezone)
+
+
+def _instants(wall: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """The earliest and the latest instant (UTC) a wall time in ``zone`` can stand for."""
+    a, b = (wall.replace(tzinfo=zone, fold=f).astimezone(dt.UTC) for f in (0, 1))
+    return min(a, b), max(a, b)
+
+
+_STEP = dt.timedelta(microseconds=1)
+
+
+def _plain_wall(instant: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """``instant`` as a plain UTC datetime, and its naive wall time in ``zone`` (no pendulum types)."""
+    u = instant.astimezone(dt.UTC)
+    plain = dt.datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=dt.UTC)
+    return plain, plain.astimezone(zone).replace(tzinfo=None, fold=0)
+
+
+def _wall_until(instant: dt.datetime, timezone: str) -> dt.datetime:
+    """The last wall time in ``timezone`` whose every instant is at or before ``instant``."""
+    zone = ZoneInfo(timezone)
+    instant, wall = _plain_wall(instant, zone)
+    if _instants(wall, zone)[1] <= instant:
+        return wall
+    # ``instant`` is the first of a repeated wall time: the repetition starts at most a day
+    # earlier, and wall times before it are due.
+    lo, hi = wall - dt.timedelta(days=1), wall
+    while hi - lo > _STEP:
+        mid = lo + (hi - lo) // 2
+        if _instants(mid, zone)[1] <= instant:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _wall_from(instant: dt.datetime, timezone: str) -> dt.datetime:
+    """The first wall time in ``timezone`` whose every instant is at or after ``instant``."""
+    zone = ZoneInfo(timezone)
+    instant, wall = _plain_wall(instant, zone)
+    if _instants(wall, zone)[0] >= instant:
+        return wall
+    lo, hi = wall, wall + dt.timedelta(days=1)
+    while hi - lo > _STEP:
+        mid = lo + (hi - lo) // 2
+        if _instants(mid, zone)[0] >= instant:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def parse_as_of(text: str, timezone: str) -> pendulum.DateTime:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from retention.policy.dates import ALIGNMENTS, Period, PeriodError, parse_period
+from retention.policy.dates import ALIGNMENTS, Period, PeriodError, floor_shortfall, parse_period
 
 ACTIONS: tuple[str, ...] = ("delete", "anonymise")
 PURGE_LEVELS: tuple[str, ...] = ("none", "standard", "thorough")
@@ -52,8 +52,15 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """
     out: list[tuple[str, str]] = []
     retain, minimum = _maybe_period(values.get("retain")), _maybe_period(values.get("minimum"))
-    if retain is not None and minimum is not None and not retain.at_least(minimum):
-        out.append(("retain", f"{retain} is shorter than the statutory minimum of {minimum}"))
+    align, minimum_align = values.get("align", "none"), values.get("minimum_align", "none")
+    if minimum is None and minimum_align not in (None, "none"):
+        out.append(("minimum_align", "is the alignment of `minimum`, and there is no `minimum`"))
+    if retain is not None and minimum is not None and align in ALIGNMENTS and minimum_align in ALIGNMENTS:
+        shortfall = floor_shortfall(retain, align, minimum, minimum_align)
+        if shortfall:
+            # A term that starts before the floor's count is align's mistake; else retain is too short.
+            starts_earlier = ALIGNMENTS.index(align) < ALIGNMENTS.index(minimum_align)
+            out.append(("align" if starts_earlier else "retain", shortfall))
     action = values.get("action")
     fields = values.get("fields")
     on_referenced = values.get("on_referenced", "defer")
@@ -77,6 +84,16 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(table, str) and isinstance(cascade, list) and table in cascade:
         out.append(("cascade", f"the policy's own table {table!r} cannot be its own child"))
     return out
+
+
+def _zone(value: str) -> str:
+    import pendulum
+
+    try:
+        pendulum.timezone(value)
+    except Exception:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Amsterdam)") from None
+    return value
 
 
 def _single_values(value: Any) -> Any:
@@ -123,9 +140,15 @@ class Policy(_Strict):
     table: str
     key: str | None = None
     after: str
+    # Extension: the zone whose wall clock a naive `after` column holds (e.g. UTC for
+    # WooCommerce's *_gmt columns); default: the file's `timezone`. Aligned in `timezone`.
+    after_timezone: str | None = None
     retain: Period
     minimum: Period | None = None
     align: str = "none"
+    # Extension: where the statutory `minimum` counts from (e.g. the end of the book year),
+    # checked against `retain` + `align` so that no row can be due before the law allows.
+    minimum_align: str = "none"
     action: str
     fields: dict[str, str | None] | None = None
     exclude: dict[str, Any] = Field(default_factory=dict)
@@ -150,12 +173,17 @@ class Policy(_Strict):
     def _periods(cls, v: Any) -> Period | None:
         return None if v is None else _period(v)
 
+    @field_validator("after_timezone")
+    @classmethod
+    def _after_timezone(cls, v: str | None) -> str | None:
+        return None if v is None else _zone(v)
+
     @field_validator("exclude", "where", mode="before")
     @classmethod
     def _conditions(cls, v: Any) -> Any:
         return _single_values(v)
 
-    @field_validator("align", mode="before")
+    @field_validator("align", "minimum_align", mode="before")
     @classmethod
     def _align(cls, v: Any) -> str:
         return _one_of(v, ALIGNMENTS, "align")
@@ -210,13 +238,7 @@ class PolicyFile(_Strict):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
-        import pendulum
-
-        try:
-            pendulum.timezone(v)
-        except Exception:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Amsterdam)") from None
-        return v
+        return _zone(v)
 
     @field_validator("databases")
     @classmethod

@@ -22,7 +22,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
             {
                 "name": o.name, "database": o.database, "table": o.table, "action": o.action,
                 "cutoff": o.cutoff, "cutoff_windows": o.cutoff_windows,
-                "due": o.due, "held": o.held, "deferred": o.deferred,
+                "due": o.due, "held": o.held, "deferred": o.deferred, "unreadable": o.unreadable,
                 "applied": o.applied, "cascaded": o.cascaded, "status": o.status,
                 "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
@@ -70,6 +70,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
         lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)")
+    if o.unreadable:
+        lines.append(f"{o.unreadable} row(s) kept: their `after` value is not a date (`retention validate` lists them)")
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
     return lines
