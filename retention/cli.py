@@ -35,9 +35,25 @@ Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 
 
 class _State:
-    def __init__(self, policies: str | None, debug: bool) -> None:
+    """The global options, from the group or (merged over them) from the command."""
+
+    def __init__(self, policies: str | None = None, log_format: str | None = None, debug: bool = False,
+                 quiet: bool = False) -> None:
         self.policies_arg = policies
+        self.log_format = log_format
         self.debug = debug
+        self.quiet = quiet
+
+    @property
+    def json(self) -> bool:
+        # Only when asked for: plain `error: ...` lines stay the default on a terminal and
+        # for the scripts that already read them.
+        return self.log_format == "json"
+
+    def configure_logging(self) -> None:
+        from retention.logs import configure_logging
+
+        configure_logging(self.log_format, debug=self.debug, quiet=self.quiet)
 
     @property
     def policy_path(self) -> Path:
@@ -50,27 +66,41 @@ class _State:
 
         return config.load(self.policy_path)
 
+    def say(self, level: str, text: str, **fields: Any) -> None:
+        """A message for the operator on stderr: a JSON log line under --log-format json, else text."""
+        if self.quiet and level != "error":
+            return
+        if self.json:
+            from retention.logs import get_logger
+
+            lines = text.splitlines() or [""]
+            extra = {"problems": lines} if len(lines) > 1 else {}
+            getattr(get_logger("retention.cli"), level)(level, message=text, **extra, **fields)
+        else:
+            click.echo(f"{level}: {text}" if "\n" not in text else f"{level}:\n{text}", err=True)
+
 
 def _exit(code: int) -> None:
     raise SystemExit(code)
 
 
 @contextmanager
-def _errors(debug: bool) -> Iterator[None]:
+def _errors(state: _State) -> Iterator[None]:
     try:
         yield
     except RetentionError as exc:
-        if debug:
+        if state.debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", err=True)
+        state.say("error", str(exc), exit_code=exc.exit_code)
         _exit(exc.exit_code)
     except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:  # the last line of defence: no tracebacks for users
-        if debug:
+        if state.debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: internal error: {type(exc).__name__}: {text} (run with --debug for details)", err=True)
+        state.say("error", f"internal error: {type(exc).__name__}: {text} (run with --debug for details)",
+                  exit_code=EXIT_FAILED)
         _exit(EXIT_FAILED)
 
 
@@ -78,47 +108,132 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        state: _State = ctx.obj
-        with _errors(state.debug if state else False):
-            return fn(*args, **kwargs)
+        state: _State = ctx.ensure_object(_State)
+        # Again, now that the command's own copies of the global options are merged in.
+        state.configure_logging()
+        try:
+            with _errors(state):
+                return fn(*args, **kwargs)
+        finally:
+            import structlog
+
+            # The run id bound during a run must not leak into a next invocation in this process.
+            structlog.contextvars.clear_contextvars()
 
     return wrapper
 
 
+def _merge(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return  # not given after the command: the group's value stands
+        setattr(ctx.ensure_object(_State), attr, value)
+
+    return callback
+
+
+def _global_options(group: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--policies/-c/--config, --log-format, --debug and -q, before the command or after it.
+
+    On a command they are merged over the group's values, so that
+    `retention run --log-format json` means what `retention --log-format json run` means.
+    """
+
+    def extra(attr: str) -> dict[str, Any]:
+        return {} if group else {"expose_value": False, "callback": _merge(attr)}
+
+    options = [
+        click.option("--policies", "-c", "--config", "policies", metavar="FILE", **extra("policies_arg"),
+                     help="Policy file (-c and --config are aliases). "
+                          "Default: $RETENTION_POLICIES, then ./policies.yaml."),
+        click.option("--log-format", type=click.Choice(["console", "json"]), default=None, **extra("log_format"),
+                     help="Logs on stderr: console (default on a terminal) or JSON lines (default otherwise); "
+                          "with json, errors and warnings are JSON lines too."),
+        click.option("--debug", is_flag=True, default=None, **extra("debug"), help="Show tracebacks and debug logs."),
+        click.option("-q", "--quiet", is_flag=True, default=None, **extra("quiet"),
+                     help="Print nothing but errors (a crontab then mails only on failure)."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 @click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--policies", "policies", metavar="FILE", envvar=None,
-              help="Policy file. Default: $RETENTION_POLICIES, then ./policies.yaml.")
-@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
-              help="Logs on stderr: console (default on a terminal) or JSON lines (default otherwise).")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@_global_options(group=True)
 @click.version_option(__version__, prog_name="retention")
 @click.pass_context
-def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool) -> None:
-    from retention.logs import configure_logging
+def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool | None,
+         quiet: bool | None) -> None:
+    ctx.obj = _State(policies, log_format, bool(debug), bool(quiet))
+    ctx.obj.configure_logging()
 
-    configure_logging(log_format, debug=debug)
-    ctx.obj = _State(policies, debug)
+
+def _database_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--database-index", "database_index", type=click.IntRange(min=0), metavar="N",
+                      help="Only the N-th database of the file (0-based, in the order of `databases:`); "
+                           "for a Kubernetes Indexed Job: --database-index \"$JOB_COMPLETION_INDEX\".")(fn)
+    return click.option("--database", "database", metavar="NAME",
+                        help="Only the policies on this database (a name under `databases:`).")(fn)
+
+
+def _pick_database(model: Any, name: str | None, index: int | None) -> str | None:
+    """The database a run is limited to, from --database or --database-index (None: all)."""
+    if name is not None and index is not None:
+        raise UsageError("--database and --database-index: give one of them")
+    names = list(model.databases)
+    if index is not None:
+        if index >= len(names):
+            raise UsageError(f"--database-index {index}: the policy file defines {len(names)} database(s) "
+                             f"(0..{len(names) - 1}): {', '.join(names)}")
+        return names[index]
+    if name is not None and name not in model.databases:
+        raise UsageError(f"--database: unknown database {name!r}; defined: {', '.join(names)}")
+    return name
+
+
+def _for_database(model: Any, database: str | None) -> Any:
+    """The model with `{database}` in audit.path filled in: one audit log (and lock) per database."""
+    path = model.audit.path
+    if "{database}" not in path:
+        return model
+    if database is None:
+        raise UsageError(f"audit.path {path!r} contains {{database}}: run with --database NAME or "
+                         "--database-index N (one audit log per database)")
+    if "/" in database or database in (".", ".."):
+        raise UsageError(f"database name {database!r} cannot fill {{database}} in audit.path")
+    return model.model_copy(update={"audit": model.audit.model_copy(update={"path": path.replace("{database}",
+                                                                                               database)})})
 
 
 @main.command()
+@_database_options
+@_global_options()
 @click.pass_obj
 @_guard
-def validate(state: _State) -> None:
+def validate(state: _State, database: str | None, database_index: int | None) -> None:
     """Check the policy file against every database it names. Writes nothing.
 
     Parses the file, connects to each database, reflects the named tables and checks
     every table, column, key, strategy and foreign-key relation. Warnings (missing
     indexes, settings that keep copies of removed data) do not fail the check.
     """
+    from retention.engine.runner import select_policies
     from retention.engine.validation import connect_and_check
 
     model = state.load()
-    connected = connect_and_check(model, readonly=True)
+    selected = select_policies(model, (), _pick_database(model, database, database_index))
+    connected = connect_and_check(model, selected, readonly=True)
     try:
         for warning in connected.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{model.source}: {len(model.policies)} policies OK")
-        for p in model.policies:
+            state.say("warning", warning)
+        if state.quiet:
+            return
+        click.echo(f"{model.source}: {len(selected)} policies OK")
+        for p in selected:
             align = "" if p.align == "none" else f" from the {p.align.replace('_', ' ')}"
             children = f" (+ {', '.join(p.cascade)})" if p.cascade else ""
             click.echo(f"  {p.name}: {p.action} {model.database_of(p)}.{p.table}{children} "
@@ -135,36 +250,43 @@ def validate(state: _State) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="Result format on stdout.")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@_database_options
+@_global_options()
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool) -> None:
+        force: bool, database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
     Examples:
       retention run --dry-run                      what would go tonight
       retention run --dry-run --as-of 2027-01-01   what goes by 1 January
-      retention run --format json                  the nightly job
+      retention --log-format json run --format json   the nightly job
+      retention run --database-index 2             the third database only (a fleet)
     """
     from retention.engine import runner
     from retention.policy import dates
     from retention.reports import run as reports
 
     model = state.load()
+    chosen = _pick_database(model, database, database_index)
+    model = _for_database(model, chosen)
     moment = None
     if as_of:
         try:
             moment = dates.parse_as_of(as_of, model.timezone)
         except dates.PeriodError as exc:
             raise UsageError(str(exc)) from None
-    progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
+    progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
     result = runner.execute_run(
-        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
+        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
         progress=progress, audit_key=_audit_key(model.audit.key_env),
     )
-    click.echo(reports.render(result, fmt), nl=False)
-    if result.message and fmt != "text":
+    if not state.quiet:
+        click.echo(reports.render(result, fmt), nl=False)
+    # Under --log-format json the run.end log line carries the message already.
+    if result.message and not state.json and (fmt != "text" or state.quiet):
         click.echo(result.message, err=True)
     _exit(result.exit_code)
 
@@ -192,6 +314,7 @@ def _audit_key(env_name: str | None) -> bytes | None:
 
 
 @main.group()
+@_global_options()
 def audit() -> None:
     """Read and check the audit log (verify, head, show)."""
 
@@ -211,6 +334,7 @@ def _log_and_key(state: _State, log: str | None) -> tuple[Path, bytes | None]:
 @audit.command("verify")
 @click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
 @click.option("--expect-head", metavar="SEQ:HASH", help="A head recorded elsewhere that the log must still contain.")
+@_global_options()
 @click.pass_obj
 @_guard
 def audit_verify(state: _State, log: str | None, expect_head: str | None) -> None:
@@ -232,6 +356,7 @@ def audit_verify(state: _State, log: str | None, expect_head: str | None) -> Non
 
 @audit.command("head")
 @click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@_global_options()
 @click.pass_obj
 @_guard
 def audit_head(state: _State, log: str | None) -> None:
@@ -252,6 +377,7 @@ def audit_head(state: _State, log: str | None) -> None:
 @click.option("--run", "run_id", metavar="ID", help="Only this run.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
               show_default=True)
+@_global_options()
 @click.pass_obj
 @_guard
 def audit_show(state: _State, log: str | None, since: str | None, until: str | None,
@@ -297,6 +423,7 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Build the shop as it stood on DATE (YYYY-MM-DD, not in the future; default today). "
                    "An earlier date gives a shop whose terms have not been enforced since: a first-run backlog.")
+@_global_options()
 @click.pass_obj
 @_guard
 def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None) -> None:
