@@ -7,6 +7,7 @@ messages and exit codes: every command body runs inside :func:`_guard`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import traceback
@@ -284,7 +285,12 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         progress=progress, audit_key=_audit_key(model.audit.key_env),
     )
     if not state.quiet:
-        click.echo(reports.render(result, fmt), nl=False)
+        text = reports.render(result, fmt)
+        if fmt == "json" and state.json:
+            # One line, so that a stream carrying stdout and stderr together (journald,
+            # `kubectl logs`, a cron log file) stays JSON lines.
+            text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
+        click.echo(text, nl=False)
     # Under --log-format json the run.end log line carries the message already.
     if result.message and not state.json and (fmt != "text" or state.quiet):
         click.echo(result.message, err=True)
@@ -356,17 +362,27 @@ def audit_verify(state: _State, log: str | None, expect_head: str | None) -> Non
 
 @audit.command("head")
 @click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one line {timestamp, level, event: audit.head, head, log}, fit for a JSON log stream.")
 @_global_options()
 @click.pass_obj
 @_guard
-def audit_head(state: _State, log: str | None) -> None:
+def audit_head(state: _State, log: str | None, fmt: str) -> None:
     """Print SEQ:HASH of the last entry, to keep where the job cannot rewrite it."""
+    import datetime as dt
+
     from retention.audit import log as audit_mod
 
     path, _ = _log_and_key(state, log)
     if not path.exists():
         raise UsageError(f"audit log {path} does not exist")
-    click.echo(audit_mod.head(path))
+    head = audit_mod.head(path)
+    if fmt == "json":
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        click.echo(json.dumps({"timestamp": now, "level": "info", "event": "audit.head", "head": head,
+                               "log": str(path)}))
+    else:
+        click.echo(head)
 
 
 @audit.command("show")
