@@ -1,0 +1,1 @@
+"""Anonymisation: strategies registered by name."""

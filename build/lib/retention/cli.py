@@ -1,0 +1,483 @@
+"""The command line (CONTRACT.md section 1): options in, plain function calls, results out.
+
+This is the only module that imports click, and the only place where errors become
+messages and exit codes: every command body runs inside :func:`_guard`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retention import __version__
+from retention.errors import EXIT_FAILED, EXIT_OK, RetentionError, UsageError
+
+HELP = """Enforce data-retention policies on SQL databases, and prove it afterwards.
+
+\b
+Every night `retention run` deletes or anonymises the rows whose retention term
+has passed, as the policy file says, and writes a tamper-evident audit log.
+Before a policy goes live, `retention run --dry-run` shows what would happen.
+
+\b
+Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
+2 invalid input (nothing touched), 3 a safety guard blocked a policy,
+4 another run holds the lock.
+"""
+
+
+class _State:
+    """The global options, from the group or (merged over them) from the command."""
+
+    def __init__(self, policies: str | None = None, log_format: str | None = None, debug: bool = False,
+                 quiet: bool = False) -> None:
+        self.policies_arg = policies
+        self.log_format = log_format
+        self.debug = debug
+        self.quiet = quiet
+
+    @property
+    def json(self) -> bool:
+        # Only when asked for: plain `error: ...` lines stay the default on a terminal and
+        # for the scripts that already read them.
+        return self.log_format == "json"
+
+    def configure_logging(self) -> None:
+        from retention.logs import configure_logging
+
+        configure_logging(self.log_format, debug=self.debug, quiet=self.quiet)
+
+    @property
+    def policy_path(self) -> Path:
+        from retention.policy.loader import default_policy_path
+
+        return Path(self.policies_arg) if self.policies_arg else default_policy_path()
+
+    def load(self) -> Any:
+        from retention.policy import loader as config
+
+        return config.load(self.policy_path)
+
+    def say(self, level: str, text: str, **fields: Any) -> None:
+        """A message for the operator on stderr: a JSON log line under --log-format json, else text."""
+        if self.quiet and level != "error":
+            return
+        if self.json:
+            from retention.logs import get_logger
+
+            lines = text.splitlines() or [""]
+            extra = {"problems": lines} if len(lines) > 1 else {}
+            getattr(get_logger("retention.cli"), level)(level, message=text, **extra, **fields)
+        else:
+            click.echo(f"{level}: {text}" if "\n" not in text else f"{level}:\n{text}", err=True)
+
+
+def _exit(code: int) -> None:
+    raise SystemExit(code)
+
+
+@contextmanager
+def _errors(state: _State) -> Iterator[None]:
+    try:
+        yield
+    except RetentionError as exc:
+        if state.debug:
+            traceback.print_exc()
+        state.say("error", str(exc), exit_code=exc.exit_code)
+        _exit(exc.exit_code)
+    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the last line of defence: no tracebacks for users
+        if state.debug:
+            traceback.print_exc()
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        state.say("error", f"internal error: {type(exc).__name__}: {text} (run with --debug for details)",
+                  exit_code=EXIT_FAILED)
+        _exit(EXIT_FAILED)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        state: _State = ctx.ensure_object(_State)
+        # Again, now that the command's own copies of the global options are merged in.
+        state.configure_logging()
+        try:
+            with _errors(state):
+                return fn(*args, **kwargs)
+        finally:
+            import structlog
+
+            # The run id bound during a run must not leak into a next invocation in this process.
+            structlog.contextvars.clear_contextvars()
+
+    return wrapper
+
+
+def _merge(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return  # not given after the command: the group's value stands
+        setattr(ctx.ensure_object(_State), attr, value)
+
+    return callback
+
+
+def _global_options(group: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--policies/-c/--config, --log-format, --debug and -q, before the command or after it.
+
+    On a command they are merged over the group's values, so that
+    `retention run --log-format json` means what `retention --log-format json run` means.
+    """
+
+    def extra(attr: str) -> dict[str, Any]:
+        return {} if group else {"expose_value": False, "callback": _merge(attr)}
+
+    options = [
+        click.option("--policies", "-c", "--config", "policies", metavar="FILE", **extra("policies_arg"),
+                     help="Policy file (-c and --config are aliases). "
+                          "Default: $RETENTION_POLICIES, then ./policies.yaml."),
+        click.option("--log-format", type=click.Choice(["console", "json"]), default=None, **extra("log_format"),
+                     help="Logs on stderr: console (default on a terminal) or JSON lines (default otherwise); "
+                          "with json, errors and warnings are JSON lines too."),
+        click.option("--debug", is_flag=True, default=None, **extra("debug"), help="Show tracebacks and debug logs."),
+        click.option("-q", "--quiet", is_flag=True, default=None, **extra("quiet"),
+                     help="Print nothing but errors (a crontab then mails only on failure)."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_global_options(group=True)
+@click.version_option(__version__, prog_name="retention")
+@click.pass_context
+def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool | None,
+         quiet: bool | None) -> None:
+    ctx.obj = _State(policies, log_format, bool(debug), bool(quiet))
+    ctx.obj.configure_logging()
+
+
+def _database_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--database-index", "database_index", type=click.IntRange(min=0), metavar="N",
+                      help="Only the N-th database of the file (0-based, in the order of `databases:`); "
+                           "for a Kubernetes Indexed Job: --database-index \"$JOB_COMPLETION_INDEX\".")(fn)
+    return click.option("--database", "database", metavar="NAME",
+                        help="Only the policies on this database (a name under `databases:`).")(fn)
+
+
+def _pick_database(model: Any, name: str | None, index: int | None) -> str | None:
+    """The database a run is limited to, from --database or --database-index (None: all)."""
+    if name is not None and index is not None:
+        raise UsageError("--database and --database-index: give one of them")
+    names = list(model.databases)
+    if index is not None:
+        if index >= len(names):
+            raise UsageError(f"--database-index {index}: the policy file defines {len(names)} database(s) "
+                             f"(0..{len(names) - 1}): {', '.join(names)}")
+        return names[index]
+    if name is not None and name not in model.databases:
+        raise UsageError(f"--database: unknown database {name!r}; defined: {', '.join(names)}")
+    return name
+
+
+def _for_database(model: Any, database: str | None) -> Any:
+    """The model with `{database}` in audit.path filled in: one audit log (and lock) per database."""
+    path = model.audit.path
+    if "{database}" not in path:
+        return model
+    if database is None:
+        raise UsageError(f"audit.path {path!r} contains {{database}}: run with --database NAME or "
+                         "--database-index N (one audit log per database)")
+    if "/" in database or database in (".", ".."):
+        raise UsageError(f"database name {database!r} cannot fill {{database}} in audit.path")
+    return model.model_copy(update={"audit": model.audit.model_copy(update={"path": path.replace("{database}",
+                                                                                               database)})})
+
+
+@main.command()
+@_database_options
+@_global_options()
+@click.pass_obj
+@_guard
+def validate(state: _State, database: str | None, database_index: int | None) -> None:
+    """Check the policy file against every database it names. Writes nothing.
+
+    Parses the file, connects to each database, reflects the named tables and checks
+    every table, column, key, strategy and foreign-key relation. Warnings (missing
+    indexes, settings that keep copies of removed data) do not fail the check.
+    """
+    from retention.engine.runner import select_policies
+    from retention.engine.validation import connect_and_check
+
+    model = state.load()
+    selected = select_policies(model, (), _pick_database(model, database, database_index))
+    connected = connect_and_check(model, selected, readonly=True)
+    try:
+        for warning in connected.warnings:
+            state.say("warning", warning)
+        if state.quiet:
+            return
+        click.echo(f"{model.source}: {len(selected)} policies OK")
+        for p in selected:
+            align = "" if p.align == "none" else f" from the {p.align.replace('_', ' ')}"
+            children = f" (+ {', '.join(p.cascade)})" if p.cascade else ""
+            click.echo(f"  {p.name}: {p.action} {model.database_of(p)}.{p.table}{children} "
+                       f"{p.retain} after {p.after}{align}")
+    finally:
+        connected.dispose()
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Preview: same selection and counts, nothing written to any database.")
+@click.option("--policy", "policy_names", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="Evaluate as if now were DATE (ISO 8601; a date means its start). Future dates only with --dry-run.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
+              help="Result format on stdout.")
+@click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@_database_options
+@_global_options()
+@click.pass_obj
+@_guard
+def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
+        force: bool, database: str | None, database_index: int | None) -> None:
+    """Enforce the policies (or preview them with --dry-run).
+
+    \b
+    Examples:
+      retention run --dry-run                      what would go tonight
+      retention run --dry-run --as-of 2027-01-01   what goes by 1 January
+      retention --log-format json run --format json   the nightly job
+      retention run --database-index 2             the third database only (a fleet)
+    """
+    from retention.engine import runner
+    from retention.policy import dates
+    from retention.reports import run as reports
+
+    model = state.load()
+    chosen = _pick_database(model, database, database_index)
+    model = _for_database(model, chosen)
+    moment = None
+    if as_of:
+        try:
+            moment = dates.parse_as_of(as_of, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc)) from None
+    progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
+    result = runner.execute_run(
+        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
+        progress=progress, audit_key=_audit_key(model.audit.key_env),
+    )
+    if not state.quiet:
+        text = reports.render(result, fmt)
+        if fmt == "json" and state.json:
+            # One line, so that a stream carrying stdout and stderr together (journald,
+            # `kubectl logs`, a cron log file) stays JSON lines.
+            text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
+        click.echo(text, nl=False)
+    # Under --log-format json the run.end log line carries the message already.
+    if result.message and not state.json and (fmt != "text" or state.quiet):
+        click.echo(result.message, err=True)
+    _exit(result.exit_code)
+
+
+def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:
+    def make(name: str, total: int) -> Callable[[int], None]:
+        bar = click.progressbar(length=max(total, 1), label=f"{name:<16}", file=sys.stderr, show_pos=True)
+        bar.__enter__()
+        done = [0]
+
+        def step(n: int) -> None:
+            bar.update(n)
+            done[0] += n
+            if done[0] >= total:
+                bar.__exit__(None, None, None)
+
+        return step
+
+    return make
+
+
+def _audit_key(env_name: str | None) -> bytes | None:
+    value = os.environ.get(env_name or "", "") if env_name else ""
+    return value.encode() if value else None
+
+
+@main.group()
+@_global_options()
+def audit() -> None:
+    """Read and check the audit log (verify, head, show)."""
+
+
+def _log_and_key(state: _State, log: str | None) -> tuple[Path, bytes | None]:
+    if log:
+        try:
+            model = state.load()
+            env_name = model.audit.key_env
+        except RetentionError:
+            env_name = "RETENTION_AUDIT_KEY"
+        return Path(log), _audit_key(env_name)
+    model = state.load()
+    return Path(model.audit.path), _audit_key(model.audit.key_env)
+
+
+@audit.command("verify")
+@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--expect-head", metavar="SEQ:HASH", help="A head recorded elsewhere that the log must still contain.")
+@_global_options()
+@click.pass_obj
+@_guard
+def audit_verify(state: _State, log: str | None, expect_head: str | None) -> None:
+    """Check the hash chain from the first entry to the last.
+
+    Exit 0 when whole; 1 naming the first line that breaks it. Without a key, a log
+    rewritten with a recomputed chain only fails against a head kept elsewhere
+    (--expect-head); with audit.key_env set, the HMAC catches it.
+    """
+    from retention.audit import log as audit_mod
+
+    path, key = _log_and_key(state, log)
+    if not path.exists():
+        raise UsageError(f"audit log {path} does not exist")
+    result = audit_mod.verify(path, key, expect_head)
+    click.echo(result.message())
+    _exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@audit.command("head")
+@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one line {timestamp, level, event: audit.head, head, log}, fit for a JSON log stream.")
+@_global_options()
+@click.pass_obj
+@_guard
+def audit_head(state: _State, log: str | None, fmt: str) -> None:
+    """Print SEQ:HASH of the last entry, to keep where the job cannot rewrite it."""
+    import datetime as dt
+
+    from retention.audit import log as audit_mod
+
+    path, _ = _log_and_key(state, log)
+    if not path.exists():
+        raise UsageError(f"audit log {path} does not exist")
+    head = audit_mod.head(path)
+    if fmt == "json":
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        click.echo(json.dumps({"timestamp": now, "level": "info", "event": "audit.head", "head": head,
+                               "log": str(path)}))
+    else:
+        click.echo(head)
+
+
+@audit.command("show")
+@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--since", metavar="DATE", help="Only runs on or after DATE.")
+@click.option("--until", metavar="DATE", help="Only runs on or before DATE.")
+@click.option("--policy", "policies", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
+@click.option("--run", "run_id", metavar="ID", help="Only this run.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
+              show_default=True)
+@_global_options()
+@click.pass_obj
+@_guard
+def audit_show(state: _State, log: str | None, since: str | None, until: str | None,
+               policies: tuple[str, ...], run_id: str | None, fmt: str) -> None:
+    """The audit log for people: runs, policies, counts, cut-offs.
+
+    `--format html` writes one self-contained page to stdout (redirect it to a file).
+    """
+    import datetime as dt
+
+    from retention.audit import log as audit_mod
+    from retention.reports import audit as auditreport
+
+    path, key = _log_and_key(state, log)
+    if not path.exists():
+        raise UsageError(f"audit log {path} does not exist")
+
+    def day(text: str | None, opt: str) -> dt.date | None:
+        if text is None:
+            return None
+        try:
+            return dt.date.fromisoformat(text[:10])
+        except ValueError:
+            raise UsageError(f"{opt}: expected a date like 2026-11-24, got {text!r}") from None
+
+    runs = auditreport.summarise(audit_mod.read_entries(path), since=day(since, "--since"),
+                                 until=day(until, "--until"), policies=policies, run=run_id)
+    if fmt == "html":
+        verification = audit_mod.verify(path, key)
+        click.echo(auditreport.render_html(runs, verification, audit_mod.head(path)), nl=False)
+    else:
+        render = {"text": auditreport.render_text, "json": auditreport.render_json,
+                  "csv": auditreport.render_csv}[fmt]
+        click.echo(render(runs), nl=False)
+
+
+@main.command()
+@click.option("--path", "path", default="var/demo.db", show_default=True, type=click.Path(dir_okay=False),
+              help="SQLite file to create.")
+@click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same shop.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="Build the shop as it stood on DATE (YYYY-MM-DD, not in the future; default today). "
+                   "An earlier date gives a shop whose terms have not been enforced since: a first-run backlog.")
+@_global_options()
+@click.pass_obj
+@_guard
+def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None) -> None:
+    """Build a demo web-shop database (SQLite) with ten years of Dutch test data.
+
+    \b
+    Examples:
+      retention demo                                   var/demo.db, 10,000 accounts, up to today
+      retention demo --accounts 1000000 --path big.db  a million accounts
+      retention demo --as-of 2024-11-24                two years of backlog for tonight's run
+    """
+    from retention import demo as demo_mod
+
+    today = demo_mod.parse_today(as_of) if as_of else None
+    target = Path(path)
+    if overwrite and target.exists():
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(str(target) + suffix).unlink(missing_ok=True)
+    if sys.stderr.isatty():
+        with click.progressbar(length=accounts, label="accounts", file=sys.stderr) as bar:
+            seen = [0]
+
+            def step(done: int) -> None:
+                bar.update(done - seen[0])
+                seen[0] = done
+
+            summary = demo_mod.build_demo(target, accounts=accounts, seed=seed, today=today, progress=step)
+    else:
+        summary = demo_mod.build_demo(target, accounts=accounts, seed=seed, today=today)
+    counts = ", ".join(f"{n} {t}" for t, n in summary.counts.items())
+    click.echo(f"{target}: {counts}")
+
+
+def entry() -> None:  # pragma: no cover - console-script shim
+    main(prog_name="retention")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+

@@ -1,0 +1,1 @@
+"""Everything that differs per database: dialects, schema reflection, purging freed bytes."""

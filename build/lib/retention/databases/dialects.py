@@ -1,0 +1,393 @@
+"""Every per-database difference, keyed by SQLAlchemy dialect name, in one place.
+
+``sqlite``, ``postgresql`` and ``mysql`` (MariaDB reports itself as mysql) differ in how a
+transaction is made read-only, how rows are locked for a batch, how a list of keys is best
+bound, how a date is truncated, how many different values are written in one statement,
+and how a run takes a server-wide lock. Callers ask this module, never ``if dialect ==``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.compiler import compiles
+
+from retention.errors import DatabaseUnreachable
+from retention.logs import redact_url
+
+
+def _without_url(text: str, url: str) -> str:
+    """An error text with the URL (and so its password) replaced by its redacted form."""
+    return text.replace(url, redact_url(url))
+
+
+def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) -> sa.Engine:
+    """An engine for the job: SQLite gets explicit write locks, dry runs get read-only sessions.
+
+    ``secure_delete``: SQLite overwrites deleted content with zeros (``PRAGMA secure_delete``).
+    Pass False for a database whose purge level is ``none``: it costs 5-20 % of a delete.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+        engine = sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+    except Exception as exc:
+        reason = _without_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise DatabaseUnreachable(f"cannot use database URL {redact_url(url)}: {reason}") from None
+    name = engine.dialect.name
+
+    @event.listens_for(engine, "connect")
+    def _setup(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            if name == "sqlite":
+                # pysqlite's own transaction handling would begin lazily (DEFERRED): we issue
+                # BEGIN ourselves so a batch's rows are write-locked from its first SELECT.
+                dbapi_conn.isolation_level = None
+                cur.execute("PRAGMA foreign_keys=ON")
+                if secure_delete:
+                    cur.execute("PRAGMA secure_delete=ON")
+                if readonly:
+                    cur.execute("PRAGMA query_only=ON")
+            elif name == "postgresql":
+                if readonly:
+                    cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            elif name == "mysql":
+                # batch_keys' JSON_ARRAYAGG is capped by it (1 MB by default; 100,000 keys of
+                # BIGINT take 2.1 MB); the server still caps it at max_allowed_packet.
+                cur.execute("SET SESSION group_concat_max_len = 67108864")
+                if readonly:
+                    cur.execute("SET SESSION TRANSACTION READ ONLY")
+        finally:
+            cur.close()
+        if name == "postgresql" and not dbapi_conn.autocommit:
+            dbapi_conn.commit()
+
+    if name == "sqlite":
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def check_reachable(engine: sa.Engine, url: str) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_without_url(reason, url)}") from None
+
+
+def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
+    """Lock the batch's rows until commit (SQLite's BEGIN IMMEDIATE already locks the file)."""
+    return select if dialect == "sqlite" else select.with_for_update()
+
+
+def _is_mariadb(conn: sa.Connection, since: tuple[int, ...]) -> bool:
+    return bool(getattr(conn.dialect, "is_mariadb", False)) and (conn.dialect.server_version_info or ()) >= since
+
+
+def batch_keys(conn: sa.Connection, query: sa.Select[Any]) -> list[Any]:
+    """The keys a batch's SELECT (one column, ordered, perhaps locking) returns, in its order.
+
+    MariaDB sends integer keys back as one JSON array (``JSON_ARRAYAGG`` over the locking
+    SELECT as a derived table, whose ``FOR UPDATE`` still locks the rows): PyMySQL reads
+    every row of a result in Python, ~1 s per 350k keys. The count travels with it, so a list
+    cut short by a server limit is an error, never a wrong key.
+    """
+    column = query.selected_columns[0]
+    if conn.dialect.name == "mysql" and isinstance(column.type, sa.Integer) and _is_mariadb(conn, (10, 5)):
+        batch = query.subquery("rt_batch")
+        ref = f"rt_batch.{conn.dialect.identifier_preparer.quote(batch.c[0].name)}"
+        agg = sa.select(sa.func.count(), sa.literal_column(f"JSON_ARRAYAGG({ref} ORDER BY {ref})")).select_from(batch)
+        count, text = conn.execute(agg).one()
+        try:
+            keys = json.loads(text) if text else []
+        except ValueError:  # cut off: MariaDB leaves '[1,2,3,]'
+            keys = None
+        if keys is None or len(keys) != count or not _all_int(keys):
+            raise sa.exc.DBAPIError(str(agg), None, RuntimeError(
+                f"the batch's key list came back cut short ({len(text or '')} characters for {count} keys; "
+                "group_concat_max_len?)"))
+        return keys
+    return list(conn.execute(query).scalars().all())  # fetchall, not a fetch per row
+
+
+def _json_scalar(value: Any) -> Any:
+    """JSON for what json.dumps does not know (dates, decimals, UUIDs): the text the database parses."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ")
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _json_rows(keys: Sequence[Any], columns: list[list[Any]]) -> str:
+    """A batch as one JSON text, ``[[key, value, ...], ...]``, made by json's C encoder."""
+    return json.dumps(list(zip(keys, *columns, strict=True)), default=_json_scalar)
+
+
+def _has_json_table(conn: sa.Connection) -> bool:
+    if getattr(conn.dialect, "is_mariadb", False):
+        return _is_mariadb(conn, (10, 6))
+    return (conn.dialect.server_version_info or ()) >= (8, 0)
+
+
+def _all_int(keys: Sequence[Any]) -> bool:
+    return all(type(k) is int for k in keys)
+
+
+class _IntList(sa.sql.expression.ColumnElement[Any]):
+    """A list of Python ints rendered into the statement as ``(1,2,3)``.
+
+    Only for values whose type is exactly ``int``: their text is digits and a sign, nothing a
+    statement could be steered by. Statements holding one are never cached (the list differs
+    in every batch, and 5,000 keys of text per cache entry would pile up).
+    """
+
+    inherit_cache = False
+
+    def __init__(self, keys: list[int]) -> None:
+        self.keys = keys
+        self.type = sa.Integer()
+
+
+@compiles(_IntList)
+def _render_int_list(element: _IntList, compiler: Any, **kw: Any) -> str:
+    return "(" + ",".join(map(str, element.keys)) + ")"
+
+
+def key_in(col: sa.ColumnElement[Any], keys: Sequence[Any], dialect: str) -> sa.ColumnElement[bool]:
+    """``col IN keys``, bound as one parameter where the database allows it.
+
+    PostgreSQL plans ``= ANY(array)`` far better than 1,000 bound parameters. SQLite takes
+    integer keys as one JSON text (``IN (SELECT value FROM json_each(:keys))``): one parameter
+    and a constant statement text. MariaDB gets integer keys as a literal list: PyMySQL would
+    interpolate every bound key into the text anyway, after SQLAlchemy named each of them
+    (together ~1 s of Python per 350k keys); a JSON_TABLE join works only in a multi-table
+    UPDATE, and as ``IN (SELECT ... JSON_TABLE)`` a single-table UPDATE scans the whole table.
+    Otherwise an expanding parameter (no per-key coercion).
+    """
+    keys = list(keys)
+    if dialect == "mysql" and keys and _all_int(keys) and isinstance(col.type, sa.Integer):
+        return col.op("IN")(_IntList(keys))
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        if keys and _all_int(keys) and isinstance(col.type, sa.Integer):
+            # Integer keys as one array literal text: psycopg dumps a Python list element by
+            # element in Python, a noticeable share of a large run.
+            text = "{" + ",".join(map(str, keys)) + "}"
+            return col == sa.any_(sa.cast(sa.bindparam(None, text, type_=sa.Text), postgresql.ARRAY(col.type)))
+        return col == sa.any_(sa.bindparam(None, keys, type_=postgresql.ARRAY(col.type)))
+    if dialect == "sqlite" and keys and _all_int(keys) and isinstance(col.type, sa.Integer):
+        values = sa.func.json_each(sa.bindparam(None, json.dumps(keys), type_=sa.String)).table_valued("value")
+        return col.in_(sa.select(values.c.value))
+    return col.in_(sa.bindparam(None, keys, expanding=True, type_=col.type))
+
+
+def updates_next_batch(dialect: str) -> bool:
+    """Whether a batch of constant changes is chosen and written by one statement
+    (:func:`update_next_batch`) rather than a locking SELECT and an UPDATE by key."""
+    return dialect == "postgresql"
+
+
+def update_next_batch(conn: sa.Connection, table: sa.Table, key: sa.Column[Any], batch: sa.Select[Any],
+                      where: sa.ColumnElement[bool], constants: dict[str, Any]) -> tuple[list[Any], Any]:
+    """Choose the next batch (``batch``: the keys, ordered and limited) and set ``constants`` on
+    those of its rows that still pass ``where``, in one statement.
+
+    Returns the keys changed, in order, and the last key ``batch`` chose (None: nothing left).
+    The two differ only when another transaction changed a chosen row in between: the UPDATE
+    re-checks ``where`` on the row's newest version. PostgreSQL only (``UPDATE ... RETURNING``
+    in a CTE). It saves the locking SELECT, whose row locks write every tuple once more before
+    the UPDATE writes it (~0.3 s per 350k rows). ``= ANY(ARRAY(subquery))`` reaches the rows
+    by key; ``IN (subquery)`` hashes a scan of the whole table for every batch.
+    """
+    from sqlalchemy.dialects import postgresql
+
+    chosen = batch.cte("rt_batch")
+    keys = sa.func.array(sa.select(chosen.c[0]).scalar_subquery(), type_=postgresql.ARRAY(key.type))
+    changed = table.update().where(where, key == sa.any_(keys)).values(constants).returning(key).cte("rt_changed")
+    done = changed.c[0]
+    stmt = sa.select(
+        # Not max(): some key types (uuid) have no max on some servers.
+        sa.select(chosen.c[0]).order_by(chosen.c[0].desc()).limit(1).scalar_subquery(),
+        sa.select(sa.func.array_agg(postgresql.aggregate_order_by(done, done))).scalar_subquery(),
+    )
+    last, changed_keys = conn.execute(stmt).one()
+    return list(changed_keys or []), last
+
+
+def range_blind(dialect: str) -> bool:
+    """Whether the planner walks an index for a range without knowing how much of the table it
+    covers. SQLite (no range statistics) then reads a third of a table row by row through the
+    index, 4-8x slower than scanning it; PostgreSQL and MariaDB estimate the range and choose."""
+    return dialect == "sqlite"
+
+
+def prefers_semi_join(dialect: str) -> bool:
+    """Whether "policy rows referenced by a child" is best asked as ``EXISTS`` (a semi-join) when
+    counting over all due rows. PostgreSQL then skips the DISTINCT over a join (1M-account
+    backlog: 1.0 s instead of 1.6-1.8 s); SQLite drives a join from the child table, and
+    MariaDB is no faster either way, so they keep the DISTINCT join."""
+    return dialect == "postgresql"
+
+
+def unindexed(col: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """The column as a term no index serves, so the planner scans (SQLite: unary ``+``, a no-op)."""
+    if dialect != "sqlite":
+        return col
+    from sqlalchemy.sql import operators
+    from sqlalchemy.sql.elements import UnaryExpression
+
+    return UnaryExpression(col, operator=operators.custom_op("+"), type_=col.type)
+
+
+def generalise(col: sa.Column[Any], grain: str, dialect: str) -> sa.ColumnElement[Any]:
+    """The column truncated to a year or month, or a postcode cut to its four digits."""
+    if grain == "postcode":
+        return sa.func.substr(col, 1, 4)
+    is_datetime = isinstance(col.type, sa.DateTime)
+    if dialect == "sqlite":
+        modifier = "start of year" if grain == "year" else "start of month"
+        if is_datetime:
+            return sa.func.strftime("%Y-%m-%d %H:%M:%S.000000", col, modifier)
+        return sa.func.date(col, modifier)
+    if dialect == "postgresql":
+        return sa.cast(sa.func.date_trunc(grain, col), col.type)
+    pattern = "%Y-01-01" if grain == "year" else "%Y-%m-01"
+    return sa.cast(sa.func.date_format(col, pattern), sa.DateTime if is_datetime else sa.Date)
+
+
+def bulk_update(
+    conn: sa.Connection,
+    table: sa.Table,
+    key: sa.Column[Any],
+    keys: Sequence[Any],
+    values: dict[str, list[Any]],
+    constants: dict[str, Any] | None = None,
+) -> int:
+    """Write a different value per row for each column in ``values`` and the same SQL value or
+    expression for each column in ``constants``, in bulk, never row by row. Returns the number
+    of rows changed.
+
+    PostgreSQL and MariaDB write both kinds in one UPDATE: a second UPDATE of the same rows
+    would write every row version twice (PostgreSQL) or every row twice (InnoDB's undo log).
+    """
+    constants = constants or {}
+    if not keys or not (values or constants):
+        return 0
+    dialect = conn.dialect.name
+    names = list(values)
+    if not values:
+        return int(conn.execute(table.update().where(key_in(key, keys, dialect)).values(constants)).rowcount)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        # One UPDATE ... FROM json_array_elements(:rows): a single round trip and a single text
+        # parameter for the whole batch, made by json's C encoder from row lists (psycopg
+        # quotes text arrays element by element in Python, which cost more than the UPDATE).
+        payload = _json_rows(keys, [values[n] for n in names])
+        rows = sa.cast(sa.bindparam("rt_rows", payload, type_=sa.Text), postgresql.JSON)
+        src = sa.func.json_array_elements(rows).table_valued("value").render_derived(name="rt_src")
+        item = src.c.value.op("->>", return_type=sa.Text)
+
+        def field(i: int, type_: Any) -> sa.ColumnElement[Any]:
+            return sa.cast(item(sa.literal_column(str(i))), type_)
+
+        # The extra `key = ANY(keys)` lets the planner reach the rows by the primary key; with
+        # the join alone it hashes a sequential scan of the whole table for every batch.
+        stmt = (
+            table.update()
+            .where(key == field(0, key.type), key_in(key, keys, dialect))
+            .values({**{n: field(i + 1, table.c[n].type) for i, n in enumerate(names)}, **constants})
+        )
+        return int(conn.execute(stmt).rowcount)
+    if dialect == "mysql" and _has_json_table(conn):
+        # As on PostgreSQL: the batch as one JSON text, joined through JSON_TABLE (MariaDB 10.6,
+        # MySQL 8); PyMySQL escapes one string instead of every value of a multi-row INSERT.
+        type_sql = [col.type.compile(dialect=conn.dialect) for col in (key, *[table.c[n] for n in names])]
+        prep = conn.dialect.identifier_preparer
+        columns = ", ".join(f"{prep.quote(n)} {t} PATH '$[{i}]'" for i, (n, t) in enumerate(zip(
+            ["rt_key", *names], type_sql, strict=True)))
+        payload = _json_rows(keys, [values[n] for n in names])
+        src = (
+            sa.text(f"SELECT * FROM JSON_TABLE(:rt_rows, '$[*]' COLUMNS ({columns})) AS rt_jt")
+            .bindparams(sa.bindparam("rt_rows", payload, type_=sa.Text))
+            .columns(sa.column("rt_key", key.type), *[sa.column(n, table.c[n].type) for n in names])
+            .subquery("rt_src")
+        )
+        joined = table.update().where(key == src.c.rt_key).values({**{n: src.c[n] for n in names}, **constants})
+        return int(conn.execute(joined).rowcount)
+    if dialect == "mysql":
+        # executemany of UPDATEs is ~40x slower on MariaDB than a temp table joined once.
+        tmp = sa.Table(
+            "rt_fake_values",
+            sa.MetaData(),
+            sa.Column("rt_key", key.type, primary_key=True),
+            *[sa.Column(n, table.c[n].type) for n in names],
+            prefixes=["TEMPORARY"],
+        )
+        tmp.create(conn, checkfirst=False)
+        try:
+            rows = [{"rt_key": k, **{n: values[n][i] for n in names}} for i, k in enumerate(keys)]
+            conn.execute(tmp.insert(), rows)
+            joined = table.update().where(key == tmp.c.rt_key).values({**{n: tmp.c[n] for n in names}, **constants})
+            return int(conn.execute(joined).rowcount)
+        finally:
+            conn.exec_driver_sql(f"DROP TEMPORARY TABLE {conn.dialect.identifier_preparer.quote(tmp.name)}")
+    # SQLite: one prepared UPDATE by key, per-row values and constants together, executemany'd
+    # by the driver itself (SQLAlchemy's own executemany builds a parameter dict per row).
+    # SQLAlchemy compiles the statement, so the constants' SQL and every value's bind
+    # processing (dates stored exactly as SQLAlchemy stores them) are its own.
+    slots = {n: f"rt_v{i}" for i, n in enumerate(names)}
+    stmt = (
+        table.update()
+        .where(key == sa.bindparam("rt_key", type_=key.type))
+        .values({**{n: sa.bindparam(slot, type_=table.c[n].type) for n, slot in slots.items()}, **constants})
+    )
+    compiled = stmt.compile(dialect=conn.dialect)
+    order = compiled.positiontup or []
+    fixed = compiled.construct_params({"rt_key": None, **dict.fromkeys(slots.values())})
+    per_row = {slot: values[n] for n, slot in slots.items()} | {"rt_key": list(keys)}
+    columns = []
+    for name in order:
+        proc = compiled.binds[name].type._cached_bind_processor(conn.dialect)
+        if name in per_row:
+            columns.append(per_row[name] if proc is None else [proc(v) for v in per_row[name]])
+        else:  # a constant's parameter: the same in every row
+            value = fixed[name] if proc is None else proc(fixed[name])
+            columns.append(itertools.repeat(value, len(keys)))
+    cursor = conn.exec_driver_sql(str(compiled), list(zip(*columns, strict=True)))
+    return int(cursor.rowcount)
+
+
+def lock_id(name: str) -> int:
+    """A stable 31-bit number for a lock name (advisory locks take integers on PostgreSQL)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def try_server_lock(conn: sa.Connection, name: str) -> bool:
+    """Take a lock that lives on the database server, so two hosts cannot run at once."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id(name)}).scalar())
+    if dialect == "mysql":
+        return conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name[:64]}).scalar() == 1
+    return True
+
+
+def release_server_lock(conn: sa.Connection, name: str) -> None:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id(name)})
+    elif dialect == "mysql":
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name[:64]})

@@ -1,0 +1,199 @@
+"""Schema reflection and the database-side checks of ``retention validate``.
+
+Only the tables the policies name, and the tables whose foreign keys point at them, are
+reflected: a shop database may have hundreds of tables the job never needs to see.
+Foreign keys are read from the schema, not trusted to the database's enforcement, so a
+referenced row is protected on SQLite without ``PRAGMA foreign_keys`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from retention.anonymisation import strategies
+from retention.policy.model import Policy, PolicyFile
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A foreign key: rows of ``child`` (``child_cols``) point at ``parent`` (``parent_cols``)."""
+
+    child: str
+    child_cols: tuple[str, ...]
+    parent: str
+    parent_cols: tuple[str, ...]
+
+
+@dataclass
+class Schema:
+    tables: dict[str, sa.Table]
+    edges: list[Edge]
+    indexes: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+
+    def referencing(self, table: str) -> list[Edge]:
+        return [e for e in self.edges if e.parent == table]
+
+    def has_index(self, table: str, cols: tuple[str, ...]) -> bool:
+        """Whether some index (or the primary key) starts with these columns."""
+        return any(ix[: len(cols)] == cols for ix in self.indexes.get(table, []))
+
+
+def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
+    """Reflect the named tables and every table that references them. Returns (schema, missing)."""
+    wanted = set(names)
+    insp = sa.inspect(engine)
+    existing = set(insp.get_table_names())
+    missing = wanted - existing
+    edges: list[Edge] = []
+    for (_, child), fks in insp.get_multi_foreign_keys().items():
+        for fk in fks:
+            if fk.get("referred_schema") not in (None, insp.default_schema_name):
+                continue
+            edges.append(
+                Edge(child, tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
+            )
+    needed = (wanted & existing) | {e.child for e in edges if e.parent in wanted}
+    metadata = sa.MetaData()
+    metadata.reflect(bind=engine, only=sorted(needed), resolve_fks=False)
+    indexes: dict[str, list[tuple[str, ...]]] = {}
+    for name in needed:
+        table = metadata.tables[name]
+        found = [tuple(c.name for c in table.primary_key.columns)]
+        found += [tuple(c.name for c in ix.columns) for ix in table.indexes]
+        # MariaDB indexes every foreign key itself; the reflected FK columns are then indexed.
+        indexes[name] = found
+    return Schema(dict(metadata.tables), edges, indexes), missing
+
+
+def key_column(table: sa.Table, policy: Policy) -> sa.Column[Any] | str:
+    """The policy's key column, or why there is none usable."""
+    if policy.key is None:
+        pk = list(table.primary_key.columns)
+        if len(pk) != 1:
+            return f"table '{table.name}' has no single-column primary key; name a unique column as `key`"
+        return pk[0]
+    if policy.key not in table.c:
+        return f"table '{table.name}' has no column '{policy.key}'"
+    col = table.c[policy.key]
+    unique = [tuple(c.name for c in table.primary_key.columns)]
+    unique += [tuple(c.name for c in ix.columns) for ix in table.indexes if ix.unique]
+    unique += [
+        tuple(c.name for c in con.columns) for con in table.constraints if isinstance(con, sa.UniqueConstraint)
+    ]
+    if (col.name,) not in unique:
+        return f"column '{col.name}' of table '{table.name}' is not unique (no primary key or unique constraint)"
+    return col
+
+
+def cascade_tree(schema: Schema, policy: Policy) -> dict[str, Edge] | str:
+    """For each cascade table, the foreign key by which it hangs under the policy's table.
+
+    A cascade table must reach the policy's table through foreign keys, directly or through
+    other cascade tables (invoice_lines -> invoices). Returns an error text otherwise.
+    """
+    tree: dict[str, Edge] = {}
+    members = {policy.table}
+    remaining = list(policy.cascade)
+    while remaining:
+        progressed = False
+        for name in list(remaining):
+            edge = next((e for e in schema.edges if e.child == name and e.parent in members), None)
+            if edge is not None:
+                tree[name] = edge
+                members.add(name)
+                remaining.remove(name)
+                progressed = True
+        if not progressed:
+            name = remaining[0]
+            return f"table '{name}' has no foreign key to '{policy.table}' (directly or through other cascade tables)"
+    return tree
+
+
+def _is_temporal(col: sa.Column[Any]) -> bool:
+    return isinstance(col.type, (sa.Date, sa.DateTime))
+
+
+def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Problems as (key, message) and warnings (text) of one policy against a reflected schema."""
+    problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    if policy.table in missing:
+        return [("table", f"table '{policy.table}' does not exist in the database")], warnings
+    table = schema.tables[policy.table]
+
+    key = key_column(table, policy)
+    if isinstance(key, str):
+        problems.append(("key", key))
+
+    def column(name: str, key_name: str) -> sa.Column[Any] | None:
+        if name not in table.c:
+            problems.append((key_name, f"table '{table.name}' has no column '{name}'"))
+            return None
+        return table.c[name]
+
+    after = column(policy.after, "after")
+    if after is not None:
+        if not _is_temporal(after):
+            problems.append(("after", f"column '{after.name}' is {after.type}, not a date or datetime"))
+        elif not schema.has_index(table.name, (after.name,)):
+            warnings.append(
+                f"policy '{policy.name}': no index on {table.name}.{after.name}; a nightly run scans the table. "
+                f"Fix: CREATE INDEX ix_{table.name}_{after.name} ON {table.name} ({after.name})"
+            )
+    for key_name in ("exclude", "where"):
+        for name in getattr(policy, key_name):
+            column(name, f"{key_name}.{name}")
+    for name, spec in (policy.fields or {}).items():
+        col = column(name, f"fields.{name}")
+        if col is None:
+            continue
+        if isinstance(key, sa.Column) and col.name == key.name:
+            problems.append((f"fields.{name}", "the key column cannot be anonymised"))
+            continue
+        error = strategies.resolve(spec).check(col)
+        if error:
+            problems.append((f"fields.{name}", error))
+    if policy.marker is not None:
+        marker = column(policy.marker, "marker")
+        if marker is not None and not (isinstance(marker.type, sa.DateTime) and marker.nullable):
+            problems.append(("marker", f"column '{marker.name}' must be a nullable datetime column"))
+    if policy.anonymises and policy.fields and policy.marker is None \
+            and strategies.witnesses(policy.fields) is None:
+        problems.append((
+            "fields",
+            "cannot tell an anonymised row from one still to do: add a `redact` field, "
+            "or name a nullable datetime `marker` column",
+        ))
+
+    for name in policy.cascade:
+        if name in missing:
+            problems.append(("cascade", f"table '{name}' does not exist in the database"))
+    if not any(k == "cascade" for k, _ in problems):
+        tree = cascade_tree(schema, policy)
+        if isinstance(tree, str):
+            problems.append(("cascade", tree))
+        else:
+            for child, edge in tree.items():
+                if not schema.has_index(child, edge.child_cols):
+                    cols = ", ".join(edge.child_cols)
+                    warnings.append(
+                        f"policy '{policy.name}': no index on {child}({cols}); each deleted row makes the "
+                        f"database scan {child}. Fix: CREATE INDEX ix_{child}_{'_'.join(edge.child_cols)} "
+                        f"ON {child} ({cols})"
+                    )
+    return problems, warnings
+
+
+def locate(model: PolicyFile, policy: Policy, key: str) -> str:
+    """``file:line`` of a policy's key (falling back to the policy, then the file)."""
+    parts = key.split(".")
+    line = None
+    while parts and line is None:
+        line = model.locations.get(".".join([policy.name, *parts]))
+        parts = parts[:-1]
+    line = line or model.locations.get(policy.name)
+    return f"{model.source}:{line}" if line else model.source

@@ -1,0 +1,1 @@
+"""The run: validation, planning, batched execution, recovery, locking, monitor pings."""

@@ -1,0 +1,194 @@
+"""Execution: delete and anonymise in keyset batches, one transaction per batch.
+
+Each batch: lock and select the next keys (by primary key, after the last batch's), delete
+its cascade children deepest first, delete or update the rows, append the ``batch`` audit
+entry with ``state: intent`` (fsync'd), commit, append ``batch.committed``. Nothing is
+committed to a database without a durable audit entry before it; a run killed between the
+two leaves an intent the next run resolves (see :mod:`retention.engine.recovery`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from retention.anonymisation.strategies import Fake, FakePool, Generalise
+from retention.databases import dialects
+from retention.engine.planning import Plan, _jsonable
+
+Progress = Callable[[int], None]
+# One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.
+Entry = tuple[str, list[Any], list[str], int, dict[str, int]]
+
+
+class AuditSink(Protocol):
+    def append(self, event: str, run: str, **fields: Any) -> dict[str, Any]: ...
+
+
+@dataclass
+class Applied:
+    deleted: int = 0
+    anonymised: int = 0
+    cascaded: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+
+
+def _audit_keys(keys: list[Any]) -> list[Any]:
+    # Integer keys (the common case) go to the log as they are; others as their JSON text.
+    return keys if all(type(k) is int for k in keys) else [_jsonable(k) for k in keys]
+
+
+def _test_hook(point: str) -> None:
+    # Lets the crash-recovery tests kill the process at an exact point (kill -9 semantics).
+    if os.environ.get("RETENTION_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Executor:
+    def __init__(self, plan: Plan, engine: sa.Engine, audit: AuditSink, run_id: str,
+                 batch_ids: Callable[[], int], fakes: FakePool, marker_value: Any,
+                 progress: Progress | None = None) -> None:
+        self.plan, self.engine, self.audit, self.run_id = plan, engine, audit, run_id
+        self.next_batch = batch_ids
+        self.fakes = fakes
+        self.marker_value = marker_value
+        self.progress = progress or (lambda n: None)
+        self.dialect = engine.dialect.name
+
+    def run(self) -> Applied:
+        applied = Applied()
+        self._loop(applied)
+        return applied
+
+    def _loop(self, applied: Applied) -> None:
+        """Walk the due rows by key; per batch find the blocked ones, change the rest.
+
+        The batch is selected by ``due`` alone (cheap on every database) and locked; then one
+        statement over the blocking edges finds which of its keys are still referenced
+        (exactly :meth:`Plan.blocked`, evaluated for these keys only). The others are deleted;
+        with ``on_referenced: anonymise`` the blocked ones still pending are anonymised. Each
+        kind of change is its own audit ``batch`` entry listing exactly the keys it changed,
+        both written (fsync'd) before the one commit. An anonymise policy of constants only is
+        one statement per batch where the database allows (:func:`dialects.update_next_batch`).
+        """
+        plan, t, key = self.plan, self.plan.table, self.plan.key
+        # Constants only (no per-row fakes): where the database can, one statement chooses the
+        # batch and changes it, and says which keys it changed.
+        in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
+                  and dialects.updates_next_batch(self.dialect))
+        last: Any = None
+        while True:
+            with self.engine.begin() as conn:
+                query = sa.select(key).where(plan.due(t))
+                if last is not None:
+                    query = query.where(key > last)
+                query = query.order_by(key).limit(plan.policy.batch_size)
+                if in_one:
+                    _fakes, constants = self._values(0)
+                    keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
+                    if last is None:
+                        return
+                    entries = [("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
+                else:
+                    keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
+                    if not keys:
+                        return
+                    last = keys[-1]
+                    entries = self._change(conn, keys)
+                if not entries:
+                    continue
+                written = []
+                for action, changed, columns, count, cascaded in entries:
+                    batch = self.next_batch()
+                    self.audit.append(
+                        "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
+                        action=action, state="intent", batch=batch, key_column=key.name,
+                        keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
+                    )
+                    written.append((batch, action, count, cascaded))
+                _test_hook("intent")
+            _test_hook("commit")
+            for batch, action, count, cascaded in written:
+                self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
+                applied.batches += 1
+                if action == "delete":
+                    applied.deleted += count
+                else:
+                    applied.anonymised += count
+                for child, n in cascaded.items():
+                    applied.cascaded[child] = applied.cascaded.get(child, 0) + n
+                self.progress(count)
+
+    def _change(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:
+        """Change a locked batch: delete the keys nothing holds back (anonymise the held-back ones
+        with ``on_referenced: anonymise``), or anonymise them all."""
+        plan = self.plan
+        if plan.policy.action != "delete":
+            return [self._anonymise(conn, keys)]
+        entries: list[Entry] = []
+        blocked = plan.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=self.dialect))
+        free = [k for k in keys if k not in blocked] if blocked else keys
+        if free:
+            entries.append(self._delete(conn, free))
+        if plan.policy.on_referenced == "anonymise":
+            todo = [k for k in keys if blocked.get(k)]
+            if todo:
+                entries.append(self._anonymise(conn, todo))
+        return entries
+
+    # -- actions -----------------------------------------------------------------------------
+    def _owned_by(self, member: str, keys: list[Any]) -> sa.ColumnElement[bool]:
+        """Rows of a cascade table that hang under the given keys of the policy's table."""
+        table = self.plan.schema.tables[member]
+        return self.plan.owned_filter(member, table, lambda col: dialects.key_in(col, keys, self.dialect))
+
+    def _depth(self, member: str) -> int:
+        depth = 0
+        while member != self.plan.policy.table:
+            member = self.plan.tree[member].parent
+            depth += 1
+        return depth
+
+    def _delete(self, conn: sa.Connection, keys: list[Any]) -> Entry:
+        plan = self.plan
+        cascaded: dict[str, int] = {}
+        for member in sorted(plan.tree, key=self._depth, reverse=True):
+            table = plan.schema.tables[member]
+            cascaded[member] = conn.execute(table.delete().where(self._owned_by(member, keys))).rowcount
+        count = conn.execute(plan.table.delete().where(dialects.key_in(plan.key, keys, self.dialect))).rowcount
+        return "delete", keys, [], count, cascaded
+
+    def _fake_columns(self) -> list[str]:
+        return [c for c, s in self.plan.strategies.items() if isinstance(s, Fake)]
+
+    def _changed_columns(self) -> list[str]:
+        marker = self.plan.policy.marker
+        return sorted([*self.plan.strategies, *([marker] if marker else [])])
+
+    def _values(self, rows: int) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """The new values: per column ``rows`` fakes, or one SQL value or expression for all rows."""
+        t = self.plan.table
+        constants: dict[str, Any] = {}
+        per_row: dict[str, list[Any]] = {}
+        for column, strategy in self.plan.strategies.items():
+            col = t.c[column]
+            if isinstance(strategy, Fake):
+                per_row[column] = self.fakes.draw(strategy.provider, col, rows)
+            elif isinstance(strategy, Generalise):
+                constants[column] = dialects.generalise(col, strategy.grain, self.dialect)
+            else:
+                constants[column] = strategy.value(col)
+        if self.plan.policy.marker:
+            constants[self.plan.policy.marker] = self.marker_value
+        return per_row, constants
+
+    def _anonymise(self, conn: sa.Connection, keys: list[Any]) -> Entry:
+        per_row, constants = self._values(len(keys))
+        count = dialects.bulk_update(conn, self.plan.table, self.plan.key, keys, per_row, constants)
+        return "anonymise", keys, self._changed_columns(), count, {}

@@ -1,0 +1,407 @@
+"""Planning: turn a policy and a cut-off into SQL predicates, and count what is due.
+
+Every selection the run makes, real or dry, goes through :class:`Plan`, so the preview and
+the real run cannot disagree about which rows are due.
+
+Foreign keys decide what may go: a due row referenced by a row that stays is *deferred*.
+"Stays" is evaluated in SQL against the policies that run earlier in the same run (children
+before parents), so a preview that removes nothing still predicts the real run exactly: an
+account whose last invoice expires tonight is removable tonight, in both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from retention.anonymisation import strategies
+from retention.databases import dialects
+from retention.databases.schema import Edge, Schema, cascade_tree, key_column
+from retention.policy.dates import Cutoff
+from retention.policy.model import Policy
+
+# A predicate over one table, for a given alias of it (subqueries need their own aliases).
+Pred = Callable[[sa.FromClause], sa.ColumnElement[bool]]
+SAMPLE_SIZE = 5
+
+
+def _match(t: sa.FromClause, column: str, value: Any) -> sa.ColumnElement[bool]:
+    col = t.c[column]
+    # Never NULL (a NULL column gives false, not unknown): the match is negated in
+    # removed_earlier(), where an unknown would let a referenced row go.
+    return col.is_(None) if value is None else sa.and_(col.is_not(None), col == value)
+
+
+def _differs(t: sa.FromClause, column: str, value: Any) -> sa.ColumnElement[bool]:
+    """The exact complement of :func:`_match`, NULL included (a NULL hold flag is no hold)."""
+    col = t.c[column]
+    return col.is_not(None) if value is None else sa.or_(col.is_(None), col != value)
+
+
+def _in_term_end(after: sa.ColumnElement[Any], col: sa.Column[Any], cut: Cutoff) -> sa.ColumnElement[bool]:
+    """``after`` is at or before the cut-off: the main range, plus the month-end day windows."""
+    if isinstance(col.type, sa.DateTime) and getattr(col.type, "timezone", False):
+        # A column with a time zone is compared as an instant.
+        main, windows = cut.instant, cut.instant_windows()
+    elif isinstance(col.type, sa.DateTime):
+        # One without holds local wall-clock time.
+        main, windows = cut.local, cut.windows
+    else:
+        # A DATE counts from the start of its day; the window days follow the main day.
+        return after <= cut.date
+    if not windows:
+        return after <= main
+    return sa.or_(after <= main, *[after.between(lo, hi) for lo, hi in windows])
+
+
+def pending(policy: Policy, t: sa.FromClause) -> sa.ColumnElement[bool]:
+    """True for rows the policy has not anonymised yet.
+
+    With a ``marker`` column: the marker is NULL. Otherwise a ``redact`` field is a reliable
+    witness (it is always set to its marker text); with only ``null`` fields, any field not
+    yet NULL. Validation refuses policies where neither can tell.
+    """
+    if policy.marker:
+        return t.c[policy.marker].is_(None)
+    found = strategies.witnesses(policy.fields or {})
+    assert found is not None, f"policy {policy.name!r}: validation lets no undetectable anonymisation through"
+    # Not yet done: some witness still differs from what the strategy writes (NULL or the marker text).
+    return sa.or_(*[_differs(t, c, s.value(t.c[c])) for c, s in found.items()])
+
+
+@dataclass
+class Plan:
+    """One policy compiled against a reflected schema, for one run."""
+
+    policy: Policy
+    database: str
+    schema: Schema
+    cutoff: Cutoff
+    table: sa.Table = field(init=False)
+    key: sa.Column[Any] = field(init=False)
+    tree: dict[str, Edge] = field(init=False)
+    earlier: list[Plan] = field(default_factory=list)
+    blocked_by_guard: bool = False
+    # Set by count() on a range-blind database when much of the table is past its term: the
+    # dialect whose planner is then steered to scan the table rather than walk the index.
+    scan: str | None = None
+
+    def __post_init__(self) -> None:
+        self.table = self.schema.tables[self.policy.table]
+        key = key_column(self.table, self.policy)
+        assert not isinstance(key, str), key
+        self.key = key
+        tree = cascade_tree(self.schema, self.policy)
+        assert not isinstance(tree, str), tree
+        self.tree = tree
+        self.strategies = {c: strategies.resolve(s) for c, s in (self.policy.fields or {}).items()}
+
+    # -- row sets --------------------------------------------------------------------------
+    @property
+    def members(self) -> list[str]:
+        """The policy's table and its cascade tables: what one removal takes away."""
+        return [self.policy.table, *self.tree]
+
+    def past_term(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        after = t.c[self.policy.after]
+        if self.scan:
+            after = dialects.unindexed(after, self.scan)
+        cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.cutoff)]
+        cond += [_match(t, c, v) for c, v in self.policy.where.items()]
+        if self.policy.action == "anonymise":
+            cond.append(self.pending(t))
+        return sa.and_(*cond)
+
+    def held_match(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        return sa.or_(*[_match(t, c, v) for c, v in self.policy.exclude.items()]) if self.policy.exclude else sa.false()
+
+    def not_held(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        if not self.policy.exclude:
+            return sa.true()
+        return sa.and_(*[_differs(t, c, v) for c, v in self.policy.exclude.items()])
+
+    def due(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        return sa.and_(self.past_term(t), self.not_held(t))
+
+    def pending(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        return pending(self.policy, t)
+
+    # -- references ------------------------------------------------------------------------
+    def blocking_edges(self) -> list[Edge]:
+        """Foreign keys into the removed set from rows that are not removed with it."""
+        tree_edges = set(self.tree.values())
+        return [
+            e for m in self.members for e in self.schema.referencing(m)
+            if e not in tree_edges and e.child not in self.tree
+        ]
+
+    def _owned(self, member: str, outer: sa.FromClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
+        """An alias of a member table and the conditions tying its rows to the outer policy row."""
+        if member == self.policy.table:
+            return outer, []
+        alias = self.schema.tables[member].alias()
+        conds: list[sa.ColumnElement[bool]] = []
+        current, current_alias = member, alias
+        while current != self.policy.table:
+            edge = self.tree[current]
+            parent_alias = outer if edge.parent == self.policy.table else self.schema.tables[edge.parent].alias()
+            pairs = zip(edge.child_cols, edge.parent_cols, strict=True)
+            conds += [current_alias.c[cc] == parent_alias.c[pc] for cc, pc in pairs]
+            if edge.parent == self.policy.table:
+                break
+            current, current_alias = edge.parent, parent_alias
+        return alias, conds
+
+    def referenced_by(self, edge: Edge, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        """Rows of ``t`` that a row of ``edge.child`` points at, and that row stays in this run."""
+        member, conds = self._owned(edge.parent, t)
+        child = self.schema.tables[edge.child].alias()
+        conds = conds + [child.c[cc] == member.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        conds.append(sa.not_(self.removed_earlier(edge.child, child)))
+        # Self-references: the referencing row stays unless a different, earlier policy removes it.
+        return sa.exists().where(*conds)
+
+    def removed_earlier(self, table: str, alias: sa.FromClause) -> sa.ColumnElement[bool]:
+        for plan in self.earlier:
+            if plan.policy.table == table and plan.policy.action == "delete" and not plan.blocked_by_guard:
+                return sa.and_(plan.due(alias), sa.not_(plan.blocked(alias)))
+        return sa.false()
+
+    def blocked(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
+        if self.policy.action != "delete":
+            return sa.false()
+        edges = self.blocking_edges()
+        return sa.or_(*[self.referenced_by(e, t) for e in edges]) if edges else sa.false()
+
+    # -- references, per key ---------------------------------------------------------------
+    def _referenced_keys(self, edge: Edge, restrict: Pred, tag: int | None = None,
+                         with_pending: bool = False, semi_join: bool = False) -> sa.Select[Any]:
+        """Distinct keys of policy rows (restricted by ``restrict``) that ``edge`` blocks.
+
+        The same relation as :meth:`referenced_by` (a row of ``edge.child`` points at the
+        policy row, or at one of its cascade rows, and is not removed earlier in this run),
+        written as a join from the policy rows so that the database only visits the
+        referencing rows of the rows asked about; with ``semi_join``, as ``EXISTS`` (each
+        policy row once, no DISTINCT: see dialects.prefers_semi_join). The keys returned are
+        the policy table's own values, never the child's copy (collations may compare unequal
+        values equal).
+        """
+        t = self.table.alias("rt_t")
+        member, conds = self._owned(edge.parent, t)
+        child = self.schema.tables[edge.child].alias("rt_ref")
+        conds = conds + [child.c[cc] == member.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        conds.append(sa.not_(self.removed_earlier(edge.child, child)))
+        cols: list[sa.ColumnElement[Any]] = [t.c[self.key.name].label("rt_k")]
+        if tag is not None:
+            cols.append(sa.literal_column(str(int(tag))).label("rt_e"))
+        if with_pending:
+            cols.append(sa.case((self.pending(t), sa.literal_column("1")), else_=sa.literal_column("0")).label("rt_p"))
+        if semi_join:
+            return sa.select(*cols).where(restrict(t), sa.exists().where(*conds))
+        return sa.select(*cols).where(*conds, restrict(t)).distinct()
+
+    def blocked_among(self, conn: sa.Connection, keys: Sequence[Any],
+                      key_filter: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]) -> dict[Any, bool]:
+        """Of the given keys, those that :meth:`blocked` holds for, each with whether it is still
+        to anonymise (always False without ``on_referenced: anonymise``).
+
+        One statement (a UNION over the blocking edges), evaluated in the caller's transaction.
+        """
+        if self.policy.action != "delete" or not keys:
+            return {}
+        edges = self.blocking_edges()
+        if not edges:
+            return {}
+        with_pending = self.policy.on_referenced == "anonymise"
+        selects = [self._referenced_keys(e, lambda t: key_filter(t.c[self.key.name]), with_pending=with_pending)
+                   for e in edges]
+        stmt = selects[0] if len(selects) == 1 else sa.union(*selects)
+        return {row[0]: with_pending and bool(row[1]) for row in conn.execute(stmt)}
+
+    def owned_filter(self, member: str, table: sa.FromClause,
+                     policy_keys: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]) -> sa.ColumnElement[bool]:
+        """Rows of cascade table ``member`` that hang under the policy rows whose key passes ``policy_keys``."""
+        edge = self.tree[member]
+        parent = self.schema.tables[edge.parent]
+        if edge.parent == self.policy.table:
+            if len(edge.child_cols) == 1 and edge.parent_cols[0] == self.key.name:
+                return policy_keys(table.c[edge.child_cols[0]])
+            parent_filter = policy_keys(parent.c[self.key.name])
+        else:
+            parent_filter = self.owned_filter(edge.parent, parent, policy_keys)
+        if len(edge.child_cols) == 1:
+            return table.c[edge.child_cols[0]].in_(sa.select(parent.c[edge.parent_cols[0]]).where(parent_filter))
+        return sa.tuple_(*[table.c[c] for c in edge.child_cols]).in_(
+            sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
+        )
+
+    # -- counting ---------------------------------------------------------------------------
+    def _choose_access(self, conn: sa.Connection, total: int) -> None:
+        """On a range-blind database, probe the ``after`` index: when more than a fifth of the
+        table is past its term (a first run's backlog), have every later statement scan."""
+        dialect = conn.dialect.name
+        if not dialects.range_blind(dialect) or not total:
+            return
+        after = self.table.c[self.policy.after]
+        limit = max(1_000, total // 5)
+        probe = sa.select(sa.literal(1)).where(
+            after.is_not(None), _in_term_end(after, after, self.cutoff)
+        ).limit(limit).subquery()
+        found = conn.execute(sa.select(sa.func.count()).select_from(probe)).scalar_one()
+        self.scan = dialect if found >= limit else None
+
+    def count(self, conn: sa.Connection, cascade: bool = False) -> Counts:
+        """Total, held, due and deferred rows (with reasons and how many to anonymise instead);
+        with ``cascade``, also the cascade rows removing the removable rows takes with them
+        (``Counts.cascaded``, for the preview)."""
+        t = self.table
+        one = sa.literal(1)
+        total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+        self._choose_access(conn, int(total))
+
+        def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
+
+        row = conn.execute(
+            sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
+        ).one()
+        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
+        edges = self.blocking_edges() if self.policy.action == "delete" else []
+        if not edges or not counts.due:
+            if cascade and self.tree:
+                found = conn.execute(sa.select(*self._cascade_columns(self.due))).one()
+                counts.cascaded = {m: int(n) for m, n in zip(self.tree, found, strict=True)}
+            return counts
+        # Per blocking edge the distinct due keys it holds back; the database takes the union
+        # (a key held back by two tables is deferred once) and counts per edge for the reasons.
+        anonymise = self.policy.on_referenced == "anonymise"
+        semi = dialects.prefers_semi_join(conn.dialect.name)
+        parts = [self._referenced_keys(e, self.due, tag=i, with_pending=anonymise, semi_join=semi)
+                 for i, e in enumerate(edges)]
+        u = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("rt_u")
+        per_edge = [sa.func.max(sa.case((u.c.rt_e == i, 1), else_=0)).label(f"rt_e{i}") for i in range(len(edges))]
+        per_key_cols = [u.c.rt_k, *per_edge]
+        if anonymise:
+            per_key_cols.append(sa.func.max(u.c.rt_p).label("rt_p"))
+        # A CTE: with cascade counts it is read twice, and the databases compute it once.
+        per_key = sa.select(*per_key_cols).group_by(u.c.rt_k).cte("rt_pk")
+        sums: list[sa.ColumnElement[Any]] = [
+            sa.func.coalesce(sa.func.sum(per_key.c[f"rt_e{i}"]), 0) for i in range(len(edges))
+        ]
+        if anonymise:
+            sums.append(sa.func.coalesce(sa.func.sum(per_key.c.rt_p), 0))
+        if cascade and self.tree:
+            # Removable = due and not among the held-back keys just collected.
+            sums += self._cascade_columns(
+                lambda r: sa.and_(self.due(r), r.c[self.key.name].not_in(sa.select(per_key.c.rt_k)))
+            )
+        agg = conn.execute(sa.select(sa.func.count(), *sums).select_from(per_key)).one()
+        counts.deferred = int(agg[0])
+        for i, edge in enumerate(edges):
+            n = int(agg[1 + i])
+            if n:
+                counts.reasons[edge.child] = counts.reasons.get(edge.child, 0) + n
+        if anonymise:
+            counts.to_anonymise = int(agg[1 + len(edges)])
+        if cascade and self.tree:
+            found = agg[1 + len(edges) + int(anonymise):]
+            counts.cascaded = {m: int(n) for m, n in zip(self.tree, found, strict=True)}
+        return counts
+
+    def _cascade_columns(self, removable: Pred) -> list[sa.ScalarSelect[Any]]:
+        """Per cascade table, the number of its rows under the rows ``removable`` selects.
+
+        Driven from the removable rows (the due index, then each child's foreign-key index), as
+        a join: every cascade row hangs under exactly one row (foreign keys point at unique
+        columns), so count(*) over the join counts each of them once.
+        """
+        t = self.table.alias("rt_r")
+        columns = []
+        for member in self.tree:
+            _alias, conds = self._owned(member, t)
+            columns.append(sa.select(sa.func.count()).select_from(t).where(*conds, removable(t)).scalar_subquery())
+        return columns
+
+    def sample(self, conn: sa.Connection, counts: Counts, n: int = SAMPLE_SIZE) -> list[Any]:
+        """The first keys the run would change: due, and not blocked (or blocked but still to anonymise).
+
+        ``counts`` says how many there are, so the walk over the due keys stops as soon as it has
+        them all (or ``n``), and never starts when there are none: after a first run most due
+        rows of a policy may be deferred, and walking them all would take longer than counting.
+        """
+        t = self.table
+        dialect = conn.dialect.name
+        want = min(n, self.touched(counts))
+        found: list[Any] = []
+        last: Any = None
+        chunk = 100
+        while len(found) < want:
+            query = sa.select(self.key).where(self.due(t))
+            if last is not None:
+                query = query.where(self.key > last)
+            keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
+            if not keys:
+                break
+            blocked = self.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=dialect))
+            anonymise = self.policy.on_referenced == "anonymise"
+            found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
+            last = keys[-1]
+            chunk = min(chunk * 4, 50_000)
+        return [_jsonable(k) for k in found[:want]]
+
+    def touched(self, counts: Counts) -> int:
+        """Rows of the policy's own table this run would change (what the safety guard weighs)."""
+        if self.policy.action == "anonymise":
+            return counts.due
+        return counts.due - counts.deferred + counts.to_anonymise
+
+
+@dataclass
+class Counts:
+    total: int
+    held: int
+    due: int
+    deferred: int
+    to_anonymise: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    cascaded: dict[str, int] = field(default_factory=dict)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (int, str, float)) or value is None:
+        return value
+    return str(value)
+
+
+def run_order(policies: Sequence[Policy], schemas: dict[str, Schema],
+              database_of: Callable[[Policy], str]) -> list[Policy]:
+    """Children before parents: a policy whose table references another policy's table runs first.
+
+    Then a parent can go in the same run as its last child. Ties keep the file's order; a cycle
+    of references keeps the file's order too (its rows are then deferred until a later run).
+    """
+    def members(p: Policy) -> set[str]:
+        return {p.table, *p.cascade}
+
+    def before(q: Policy, p: Policy) -> bool:
+        if database_of(q) != database_of(p) or q is p or q.action != "delete":
+            return False
+        schema = schemas[database_of(p)]
+        return any(e.child == q.table and e.parent in members(p) for e in schema.edges)
+
+    remaining = list(policies)
+    ordered: list[Policy] = []
+    while remaining:
+        ready = next((p for p in remaining if not any(before(q, p) for q in remaining if q is not p)), None)
+        if ready is None:
+            ready = remaining[0]
+        ordered.append(ready)
+        remaining.remove(ready)
+    return ordered

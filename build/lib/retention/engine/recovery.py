@@ -1,0 +1,60 @@
+"""What a run finds of the runs before it: interrupted runs and batches of unknown fate.
+
+A run killed between a batch's ``intent`` and its ``committed`` entry leaves the question
+"did that transaction commit?". The database knows: the next run looks the keys up and
+records ``batch.recovered`` with what really happened, before doing anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from retention.audit import log as audit
+from retention.databases import dialects
+from retention.engine.planning import pending
+from retention.engine.validation import Connected
+from retention.logs import get_logger
+from retention.policy.model import PolicyFile
+
+log = get_logger("retention.recovery")
+
+
+def recover(log_: Any, run_id: str, model: PolicyFile, connected: Connected) -> None:
+    path = log_.path
+    for start in audit.unfinished_runs(path):
+        log_.append("run.interrupted", run_id, interrupted_run=start["run"], started=start.get("ts"))
+        log.warning("run.interrupted", interrupted_run=start["run"])
+    for intent in audit.open_intents(path):
+        result, detail = _fate(intent, model, connected)
+        log_.append("batch.recovered", run_id, policy=intent.get("policy"), of_run=intent["run"],
+                    batch=intent["batch"], result=result, detail=detail)
+        log.warning("batch.recovered", policy=intent.get("policy"), of_run=intent["run"],
+                    batch=intent["batch"], result=result)
+
+
+def _fate(intent: dict[str, Any], model: PolicyFile, connected: Connected) -> tuple[str, str]:
+    engine = connected.engines.get(intent.get("database", ""))
+    schema = connected.schemas.get(intent.get("database", ""))
+    table = schema.tables.get(intent.get("table", "")) if schema else None
+    if engine is None or table is None or intent.get("key_column") not in (table.c if table is not None else {}):
+        return "unknown", "the batch's database or table is not part of this run; run all policies to resolve it"
+    keys = intent.get("keys") or []
+    key = table.c[intent["key_column"]]
+    cond = dialects.key_in(key, keys, engine.dialect.name)
+    with engine.connect() as conn:
+        if intent.get("action") == "delete":
+            left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one()
+        else:
+            policy = next((p for p in model.policies if p.name == intent.get("policy")), None)
+            if policy is None:
+                return "unknown", "the policy is no longer in the policy file"
+            witness = pending(policy, table)
+            left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond, witness)).scalar_one()
+        conn.rollback()
+    if left == 0:
+        return "applied", f"none of the {len(keys)} rows is left as it was: the transaction committed"
+    if left == len(keys):
+        return "not applied", f"all {len(keys)} rows are unchanged: the transaction was rolled back"
+    return "partly applied", f"{len(keys) - left} of {len(keys)} rows changed (changed since by another writer?)"

@@ -1,0 +1,1 @@
+"""The policy file: its model, its loader and the calendar arithmetic of its terms."""

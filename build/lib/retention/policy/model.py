@@ -1,0 +1,244 @@
+"""The policy file's model (CONTRACT.md section 2), validated with pydantic.
+
+Pure: no YAML, no database, no environment. :mod:`retention.policy.loader` reads the file,
+expands ``${VAR}`` and turns pydantic's error locations into ``file:line`` messages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from retention.policy.dates import ALIGNMENTS, Period, PeriodError, parse_period
+
+ACTIONS: tuple[str, ...] = ("delete", "anonymise")
+PURGE_LEVELS: tuple[str, ...] = ("none", "standard", "thorough")
+ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise")
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _period(value: Any) -> Period:
+    if isinstance(value, Period):
+        return value
+    try:
+        return parse_period(value)
+    except PeriodError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _one_of(value: Any, valid: tuple[str, ...], what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def _maybe_period(value: Any) -> Period | None:
+    try:
+        return _period(value)
+    except ValueError:
+        return None
+
+
+def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems between the keys of one policy, as (key, message).
+
+    Works on raw (unvalidated) values too, so that the loader can report them next to a
+    policy's other mistakes: a value that is itself invalid is skipped here (it has its own
+    error).
+    """
+    out: list[tuple[str, str]] = []
+    retain, minimum = _maybe_period(values.get("retain")), _maybe_period(values.get("minimum"))
+    if retain is not None and minimum is not None and not retain.at_least(minimum):
+        out.append(("retain", f"{retain} is shorter than the statutory minimum of {minimum}"))
+    action = values.get("action")
+    fields = values.get("fields")
+    on_referenced = values.get("on_referenced", "defer")
+    cascade = values.get("cascade") or []
+    if action == "anonymise" and not fields:
+        out.append(("fields", "an anonymise policy needs `fields` (column: strategy)"))
+    if action == "delete" and fields and on_referenced != "anonymise":
+        out.append(("fields", "a delete policy takes no `fields` (they are only used with on_referenced: anonymise)"))
+    if action == "delete" and on_referenced == "anonymise" and not fields:
+        out.append(("fields", "on_referenced: anonymise needs `fields` to anonymise with"))
+    if action == "anonymise" and cascade:
+        out.append(("cascade", "only a delete policy deletes child rows"))
+    marker = values.get("marker")
+    if isinstance(marker, str):
+        if marker == values.get("after"):
+            out.append(("marker", f"'{marker}' is the `after` column; the marker needs a column of its own, "
+                                  "set when a row is anonymised"))
+        elif isinstance(fields, Mapping) and marker in fields:
+            out.append(("marker", f"'{marker}' is also in `fields`; the marker needs a column of its own"))
+    table = values.get("table")
+    if isinstance(table, str) and isinstance(cascade, list) and table in cascade:
+        out.append(("cascade", f"the policy's own table {table!r} cannot be its own child"))
+    return out
+
+
+def _single_values(value: Any) -> Any:
+    """``exclude`` / ``where``: column -> one value (text, number, true/false or null)."""
+    if not isinstance(value, Mapping):
+        return value  # pydantic reports "should be a valid dictionary"
+    for column, item in value.items():
+        if isinstance(item, (Mapping, list, tuple, set)):
+            raise ValueError(
+                f"{column}: expects a single value per column (text, number, true/false or null), "
+                f"got {item!r}; rows match when the column equals it"
+            )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class Database(_Strict):
+    url: str
+    purge: str = "thorough"
+
+    @field_validator("purge", mode="before")
+    @classmethod
+    def _purge(cls, v: Any) -> str:
+        return _one_of(v, PURGE_LEVELS, "purge level")
+
+
+class Audit(_Strict):
+    path: str = "var/audit/retention.jsonl"
+    key_env: str | None = None
+
+
+class Monitor(_Strict):
+    url: str | None = None
+
+
+class Policy(_Strict):
+    name: str
+    description: str | None = None
+    basis: str | None = None
+    database: str | None = None
+    table: str
+    key: str | None = None
+    after: str
+    retain: Period
+    minimum: Period | None = None
+    align: str = "none"
+    action: str
+    fields: dict[str, str | None] | None = None
+    exclude: dict[str, Any] = Field(default_factory=dict)
+    where: dict[str, Any] = Field(default_factory=dict)
+    cascade: list[str] = Field(default_factory=list)
+    on_referenced: str = "defer"
+    # Extension: a column set to the run's moment when a row is anonymised, so that it is not
+    # selected again. Without it, the `redact`/`null` fields tell an anonymised row apart.
+    marker: str | None = None
+    max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError(f"policy names are letters, digits, '_', '-' and '.', got {v!r}")
+        return v
+
+    @field_validator("retain", "minimum", mode="before")
+    @classmethod
+    def _periods(cls, v: Any) -> Period | None:
+        return None if v is None else _period(v)
+
+    @field_validator("exclude", "where", mode="before")
+    @classmethod
+    def _conditions(cls, v: Any) -> Any:
+        return _single_values(v)
+
+    @field_validator("align", mode="before")
+    @classmethod
+    def _align(cls, v: Any) -> str:
+        return _one_of(v, ALIGNMENTS, "align")
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, v: Any) -> str:
+        return _one_of(v, ACTIONS, "action")
+
+    @field_validator("on_referenced", mode="before")
+    @classmethod
+    def _on_referenced(cls, v: Any) -> str:
+        return _one_of(v, ON_REFERENCED, "on_referenced")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        # The loader reports every one of these itself (config.load); this guards code that
+        # builds a Policy directly.
+        problems = consistency_problems(self.__dict__)
+        if problems:
+            key, message = problems[0]
+            raise ValueError(f"{key}: {message}")
+        return self
+
+    @property
+    def anonymises(self) -> bool:
+        """Whether any row of this policy may be anonymised (the action, or on_referenced)."""
+        return self.action == "anonymise" or self.on_referenced == "anonymise"
+
+
+class PolicyFile(_Strict):
+    version: Literal[1]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if v != 1 or isinstance(v, bool):
+            raise ValueError(f"unsupported version {v!r}: this retention reads policy files of version 1")
+        return v
+    timezone: str = "Europe/Amsterdam"
+    locale: str = "nl_NL"
+    databases: dict[str, Database]
+    audit: Audit = Field(default_factory=Audit)
+    monitor: Monitor = Field(default_factory=Monitor)
+    policies: list[Policy]
+    # Filled in by the loader, not read from the file.
+    source: str = ""
+    source_sha256: str = ""
+    # "policy.key" -> line in the file, so database checks can point at the line too.
+    locations: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        import pendulum
+
+        try:
+            pendulum.timezone(v)
+        except Exception:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Amsterdam)") from None
+        return v
+
+    @field_validator("databases")
+    @classmethod
+    def _some_databases(cls, v: dict[str, Database]) -> dict[str, Database]:
+        if not v:
+            raise ValueError("at least one database is needed")
+        return v
+
+    @field_validator("policies")
+    @classmethod
+    def _some_policies(cls, v: list[Policy]) -> list[Policy]:
+        if not v:
+            raise ValueError("at least one policy is needed")
+        return v
+
+    def policy(self, name: str) -> Policy:
+        for p in self.policies:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def database_of(self, policy: Policy) -> str:
+        if policy.database:
+            return policy.database
+        return next(iter(self.databases))
