@@ -334,7 +334,21 @@ def _log_and_key(state: _State, log: str | None) -> tuple[Path, bytes | None]:
             env_name = "RETENTION_AUDIT_KEY"
         return Path(log), _audit_key(env_name)
     model = state.load()
+    if "{database}" in model.audit.path:
+        raise UsageError(f"audit.path {model.audit.path!r} has one log per database: name it with --log PATH")
     return Path(model.audit.path), _audit_key(model.audit.key_env)
+
+
+def _merged_entries(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """The entries of several audit logs (a fleet: one per database), in time order.
+
+    A stable sort on the entries' UTC timestamps: each log's own order is kept, and the
+    runs of different databases interleave as they happened.
+    """
+    from retention.audit import log as audit_mod
+
+    entries = [e for path in paths for e in audit_mod.read_entries(path)]
+    yield from sorted(entries, key=lambda e: str(e.get("ts", "")))
 
 
 @audit.command("verify")
@@ -386,7 +400,9 @@ def audit_head(state: _State, log: str | None, fmt: str) -> None:
 
 
 @audit.command("show")
-@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--log", "logs", metavar="PATH", multiple=True,
+              help="Audit log file (repeatable: several logs, e.g. one per database of a fleet, shown as one, "
+                   "runs in time order). Default: audit.path of the policy file.")
 @click.option("--since", metavar="DATE", help="Only runs on or after DATE.")
 @click.option("--until", metavar="DATE", help="Only runs on or before DATE.")
 @click.option("--policy", "policies", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
@@ -396,7 +412,7 @@ def audit_head(state: _State, log: str | None, fmt: str) -> None:
 @_global_options()
 @click.pass_obj
 @_guard
-def audit_show(state: _State, log: str | None, since: str | None, until: str | None,
+def audit_show(state: _State, logs: tuple[str, ...], since: str | None, until: str | None,
                policies: tuple[str, ...], run_id: str | None, fmt: str) -> None:
     """The audit log for people: runs, policies, counts, cut-offs.
 
@@ -407,9 +423,14 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
     from retention.audit import log as audit_mod
     from retention.reports import audit as auditreport
 
-    path, key = _log_and_key(state, log)
-    if not path.exists():
-        raise UsageError(f"audit log {path} does not exist")
+    if len(logs) > 1 and fmt == "html":
+        raise UsageError("--format html shows one log (its chain verified); for several --log use text, json "
+                         "or csv, or one page per log")
+    path, key = _log_and_key(state, logs[0] if logs else None)
+    paths = [path, *(Path(extra) for extra in logs[1:])]
+    for each in paths:
+        if not each.exists():
+            raise UsageError(f"audit log {each} does not exist")
 
     def day(text: str | None, opt: str) -> dt.date | None:
         if text is None:
@@ -419,7 +440,8 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
         except ValueError:
             raise UsageError(f"{opt}: expected a date like 2026-11-24, got {text!r}") from None
 
-    runs = auditreport.summarise(audit_mod.read_entries(path), since=day(since, "--since"),
+    entries = audit_mod.read_entries(path) if len(paths) == 1 else _merged_entries(paths)
+    runs = auditreport.summarise(entries, since=day(since, "--since"),
                                  until=day(until, "--until"), policies=policies, run=run_id)
     if fmt == "html":
         verification = audit_mod.verify(path, key)
