@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -251,12 +252,15 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="Result format on stdout.")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--metrics-file", "metrics_file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write Prometheus metrics (node exporter textfile format) to PATH, atomically; "
+                   "also on a failed night. Not with --dry-run.")
 @_database_options
 @_global_options()
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool, database: str | None, database_index: int | None) -> None:
+        force: bool, metrics_file: str | None, database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -266,9 +270,37 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
       retention --log-format json run --format json   the nightly job
       retention run --database-index 2             the third database only (a fleet)
     """
+    if metrics_file and dry_run:
+        raise UsageError("--metrics-file is for real runs: a --dry-run changes nothing to count")
+    started = time.monotonic()
+    try:
+        result = _run(state, dry_run, policy_names, as_of, force, database, database_index)
+    except Exception as exc:
+        # A night that ends in exit 2 or 4 must show in the metrics too, not leave last night's file.
+        if metrics_file:
+            _write_metrics(state, Path(metrics_file), None, getattr(exc, "exit_code", EXIT_FAILED), started)
+        raise
+    if metrics_file:
+        _write_metrics(state, Path(metrics_file), result, result.exit_code, started)
+    if not state.quiet:
+        from retention.reports import run as reports
+
+        text = reports.render(result, fmt)
+        if fmt == "json" and state.json:
+            # One line, so that a stream carrying stdout and stderr together (journald,
+            # `kubectl logs`, a cron log file) stays JSON lines.
+            text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
+        click.echo(text, nl=False)
+    # Under --log-format json the run.end log line carries the message already.
+    if result.message and not state.json and (fmt != "text" or state.quiet):
+        click.echo(result.message, err=True)
+    _exit(result.exit_code)
+
+
+def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, force: bool,
+         database: str | None, database_index: int | None) -> Any:
     from retention.engine import runner
     from retention.policy import dates
-    from retention.reports import run as reports
 
     model = state.load()
     chosen = _pick_database(model, database, database_index)
@@ -280,21 +312,27 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         except dates.PeriodError as exc:
             raise UsageError(str(exc)) from None
     progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
-    result = runner.execute_run(
+    return runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
         progress=progress, audit_key=_audit_key(model.audit.key_env),
     )
-    if not state.quiet:
-        text = reports.render(result, fmt)
-        if fmt == "json" and state.json:
-            # One line, so that a stream carrying stdout and stderr together (journald,
-            # `kubectl logs`, a cron log file) stays JSON lines.
-            text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
-        click.echo(text, nl=False)
-    # Under --log-format json the run.end log line carries the message already.
-    if result.message and not state.json and (fmt != "text" or state.quiet):
-        click.echo(result.message, err=True)
-    _exit(result.exit_code)
+
+
+def _write_metrics(state: _State, path: Path, result: Any, exit_code: int, started: float) -> None:
+    from retention.reports.metrics import RowCount, write_metrics
+
+    rows: list[RowCount] = []
+    for o in result.policies if result is not None else []:
+        deleted = o.applied if o.action == "delete" else 0
+        anonymised = o.anonymised + (o.applied if o.action != "delete" else 0)
+        rows += [RowCount(o.name, o.database, "deleted", deleted),
+                 RowCount(o.name, o.database, "anonymised", anonymised),
+                 RowCount(o.name, o.database, "cascaded", sum(o.cascaded.values()))]
+    try:
+        write_metrics(path, rows, exit_code=exit_code, duration_s=time.monotonic() - started)
+    except OSError as exc:
+        # The run's outcome stands; monitoring notices the stale file by its timestamps.
+        state.say("warning", f"--metrics-file {path}: cannot write: {exc.strerror or exc}")
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:
