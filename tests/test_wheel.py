@@ -45,9 +45,15 @@ def test_dockerfile_takes_the_steps_this_test_repeats() -> None:
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
+    # What the Dockerfile's build stage copies, and nothing else: building in the work tree
+    # would leave a build/ directory whose stale modules a later wheel could pick up.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, src / name)
+    shutil.copytree(REPO / "retention", src / "retention", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir",
-          str(wheels), str(REPO)])
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(src)])
     (wheel,) = wheels.glob("retention-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
@@ -55,6 +61,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
         assert "retention = retention.cli:main" in zf.read(entry_points).decode()
         metadata = zf.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert not any(n.startswith("tests/") for n in names)
+    modules = {n for n in names if n.startswith("retention/") and n.endswith(".py")}
+    assert modules == {str(p.relative_to(REPO)) for p in (REPO / "retention").rglob("*.py")}
     requires = re.findall(r"^Requires-Dist: ([A-Za-z0-9_.\[\]-]+)", metadata, re.M)
     assert {"SQLAlchemy", "click", "structlog", "psycopg[binary]", "PyMySQL"} <= set(requires)
 

@@ -1,1 +1,0 @@
-"""Anonymisation: strategies registered by name."""

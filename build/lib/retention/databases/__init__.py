@@ -1,1 +1,0 @@
-"""Everything that differs per database: dialects, schema reflection, purging freed bytes."""

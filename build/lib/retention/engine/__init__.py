@@ -1,1 +1,0 @@
-"""The run: validation, planning, batched execution, recovery, locking, monitor pings."""

@@ -1,1 +1,0 @@
-"""The policy file: its model, its loader and the calendar arithmetic of its terms."""
