@@ -163,3 +163,57 @@ def test_validate_with_database_checks_only_that_one(two_databases: tuple[Path, 
     assert only_beta.exit_code == 0, only_beta.stderr
     assert "1 policies OK" in only_beta.stdout and "accounts_beta" in only_beta.stdout
     assert "accounts_alpha" not in only_beta.stdout
+
+
+def test_warnings_are_json_lines_under_log_format_json_and_gone_with_q(tmp_path: Path, sqlite_db: Any) -> None:
+    path = _shop_file(tmp_path, sqlite_db)
+    with sqlite_db.engine.begin() as conn:
+        names = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tickets' "
+                                     "AND sql LIKE '%closed_at%'").scalars().all()
+        for name in names:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    result = invoke(["validate", "-c", str(path), "--log-format", "json"])
+    assert result.exit_code == 0, result.stderr
+    lines = _json_lines(result.stderr)
+    warnings = [e for e in lines if e["level"] == "warning"]
+    assert warnings and warnings[0]["event"] == "warning"
+    assert any("no index on tickets.closed_at" in w["message"] for w in warnings)
+    text = invoke(["validate", "-c", str(path)])
+    assert "warning: policy 'correspondence': no index on tickets.closed_at" in text.stderr
+    quiet = invoke(["validate", "-c", str(path), "-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_quiet_logging_keeps_errors_only() -> None:
+    import io
+
+    from retention.logs import get_logger
+
+    stream = io.StringIO()
+    configure_logging("json", stream=stream, quiet=True)
+    log = get_logger("t")
+    log.info("run.start")
+    log.warning("lock.busy")
+    log.error("run.end", exit_code=1)
+    assert [e["event"] for e in _json_lines(stream.getvalue())] == ["run.end"]
+
+
+def test_journald_priority_prefix_only_on_the_journal_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JOURNAL_STREAM names the stream by device:inode (systemd.exec(5)); another stream gets no prefix."""
+    import os
+
+    from retention.logs import get_logger
+
+    journal, other = tmp_path / "journal", tmp_path / "other"
+    with open(journal, "w") as j, open(other, "w") as o:
+        st = os.fstat(j.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        for stream in (j, o):
+            configure_logging("json", stream=stream)
+            get_logger("t").info("run.start")
+            get_logger("t").warning("lock.busy")
+            get_logger("t").error("error", message="broken")
+    assert [line[:3] for line in journal.read_text().splitlines()] == ["<6>", "<4>", "<3>"]
+    assert [e["level"] for e in _json_lines(journal.read_text().replace("<6>", "").replace("<4>", "")
+                                            .replace("<3>", ""))] == ["info", "warning", "error"]
+    assert all(line.startswith("{") for line in other.read_text().splitlines())
