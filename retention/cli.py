@@ -164,7 +164,46 @@ def _global_options(group: bool = False) -> Callable[[Callable[..., Any]], Calla
     return decorate
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _wants_json(args: list[str]) -> bool:
+    return any(a == "--log-format=json" or (a == "--log-format" and args[i + 1:i + 2] == ["json"])
+               for i, a in enumerate(args))
+
+
+class _Main(click.Group):
+    """The top-level group: under --log-format json, click's own usage errors are JSON lines too.
+
+    A typo in a job's command line is a failing night like any other, and a plain
+    `Usage: ... Error: No such option` would be the one non-JSON line in its log.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        self._json_errors = _wants_json(list(args))
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            raise self._shown_as_json(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            raise self._shown_as_json(exc) from None
+
+    def _shown_as_json(self, exc: click.ClickException) -> click.ClickException:
+        if getattr(self, "_json_errors", False):
+            def show(file: Any = None) -> None:
+                from retention.logs import configure_logging, get_logger
+
+                configure_logging("json")
+                get_logger("retention.cli").error("error", message=exc.format_message(), exit_code=exc.exit_code)
+
+            exc.show = show  # type: ignore[method-assign]
+        return exc
+
+
+@click.group(cls=_Main, help=HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_global_options(group=True)
 @click.version_option(__version__, prog_name="retention")
 @click.pass_context

@@ -217,3 +217,19 @@ def test_journald_priority_prefix_only_on_the_journal_stream(tmp_path: Path, mon
     assert [e["level"] for e in _json_lines(journal.read_text().replace("<6>", "").replace("<4>", "")
                                             .replace("<3>", ""))] == ["info", "warning", "error"]
     assert all(line.startswith("{") for line in other.read_text().splitlines())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--log-format", "json", "--bogus"], "No such option '--bogus'"),
+    (["--log-format=json", "bogus"], "No such command 'bogus'"),
+    (["--log-format", "json", "run", "--format", "xml"], "Invalid value for '--format'"),
+    (["--log-format", "json", "audit", "show", "--bogus"], "No such option '--bogus'"),
+])
+def test_usage_errors_are_json_lines_under_log_format_json(argv: list[str], message: str) -> None:
+    """A typo in a job's command line must not be the one non-JSON line of a night's log."""
+    result = invoke(argv)
+    assert result.exit_code == 2
+    (line,) = _json_lines(result.stderr)
+    assert line["level"] == "error" and line["event"] == "error" and message in line["message"]
+    plain = invoke([a for a in argv if a not in ("--log-format", "json", "--log-format=json")])
+    assert plain.exit_code == 2 and "Usage: retention" in plain.stderr
