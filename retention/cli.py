@@ -7,8 +7,10 @@ messages and exit codes: every command body runs inside :func:`_guard`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +38,25 @@ Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 
 
 class _State:
-    def __init__(self, policies: str | None, debug: bool) -> None:
+    """The global options, from the group or (merged over them) from the command."""
+
+    def __init__(self, policies: str | None = None, log_format: str | None = None, debug: bool = False,
+                 quiet: bool = False) -> None:
         self.policies_arg = policies
+        self.log_format = log_format
         self.debug = debug
+        self.quiet = quiet
+
+    @property
+    def json(self) -> bool:
+        # Only when asked for: plain `error: ...` lines stay the default on a terminal and
+        # for the scripts that already read them.
+        return self.log_format == "json"
+
+    def configure_logging(self) -> None:
+        from retention.logs import configure_logging
+
+        configure_logging(self.log_format, debug=self.debug, quiet=self.quiet)
 
     @property
     def policy_path(self) -> Path:
@@ -51,27 +69,41 @@ class _State:
 
         return config.load(self.policy_path)
 
+    def say(self, level: str, text: str, **fields: Any) -> None:
+        """A message for the operator on stderr: a JSON log line under --log-format json, else text."""
+        if self.quiet and level != "error":
+            return
+        if self.json:
+            from retention.logs import get_logger
+
+            lines = text.splitlines() or [""]
+            extra = {"problems": lines} if len(lines) > 1 else {}
+            getattr(get_logger("retention.cli"), level)(level, message=text, **extra, **fields)
+        else:
+            click.echo(f"{level}: {text}" if "\n" not in text else f"{level}:\n{text}", err=True)
+
 
 def _exit(code: int) -> None:
     raise SystemExit(code)
 
 
 @contextmanager
-def _errors(debug: bool) -> Iterator[None]:
+def _errors(state: _State) -> Iterator[None]:
     try:
         yield
     except RetentionError as exc:
-        if debug:
+        if state.debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", err=True)
+        state.say("error", str(exc), exit_code=exc.exit_code)
         _exit(exc.exit_code)
     except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:  # the last line of defence: no tracebacks for users
-        if debug:
+        if state.debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: internal error: {type(exc).__name__}: {text} (run with --debug for details)", err=True)
+        state.say("error", f"internal error: {type(exc).__name__}: {text} (run with --debug for details)",
+                  exit_code=EXIT_FAILED)
         _exit(EXIT_FAILED)
 
 
@@ -79,47 +111,171 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        state: _State = ctx.obj
-        with _errors(state.debug if state else False):
-            return fn(*args, **kwargs)
+        state: _State = ctx.ensure_object(_State)
+        # Again, now that the command's own copies of the global options are merged in.
+        state.configure_logging()
+        try:
+            with _errors(state):
+                return fn(*args, **kwargs)
+        finally:
+            import structlog
+
+            # The run id bound during a run must not leak into a next invocation in this process.
+            structlog.contextvars.clear_contextvars()
 
     return wrapper
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--policies", "policies", metavar="FILE", envvar=None,
-              help="Policy file. Default: $RETENTION_POLICIES, then ./policies.yaml.")
-@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
-              help="Logs on stderr: console (default on a terminal) or JSON lines (default otherwise).")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def _merge(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return  # not given after the command: the group's value stands
+        setattr(ctx.ensure_object(_State), attr, value)
+
+    return callback
+
+
+def _global_options(group: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--policies/-c/--config, --log-format, --debug and -q, before the command or after it.
+
+    On a command they are merged over the group's values, so that
+    `retention run --log-format json` means what `retention --log-format json run` means.
+    """
+
+    def extra(attr: str) -> dict[str, Any]:
+        return {} if group else {"expose_value": False, "callback": _merge(attr)}
+
+    options = [
+        click.option("--policies", "-c", "--config", "policies", metavar="FILE", **extra("policies_arg"),
+                     help="Policy file (-c and --config are aliases). "
+                          "Default: $RETENTION_POLICIES, then ./policies.yaml."),
+        click.option("--log-format", type=click.Choice(["console", "json"]), default=None, **extra("log_format"),
+                     help="Logs on stderr: console (default on a terminal) or JSON lines (default otherwise); "
+                          "with json, errors and warnings are JSON lines too."),
+        click.option("--debug", is_flag=True, default=None, **extra("debug"), help="Show tracebacks and debug logs."),
+        click.option("-q", "--quiet", is_flag=True, default=None, **extra("quiet"),
+                     help="Print nothing but errors (a crontab then mails only on failure)."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _wants_json(args: list[str]) -> bool:
+    return any(a == "--log-format=json" or (a == "--log-format" and args[i + 1:i + 2] == ["json"])
+               for i, a in enumerate(args))
+
+
+class _Main(click.Group):
+    """The top-level group: under --log-format json, click's own usage errors are JSON lines too.
+
+    A typo in a job's command line is a failing night like any other, and a plain
+    `Usage: ... Error: No such option` would be the one non-JSON line in its log.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        self._json_errors = _wants_json(list(args))
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            raise self._shown_as_json(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            raise self._shown_as_json(exc) from None
+
+    def _shown_as_json(self, exc: click.ClickException) -> click.ClickException:
+        if getattr(self, "_json_errors", False):
+            def show(file: Any = None) -> None:
+                from retention.logs import configure_logging, get_logger
+
+                configure_logging("json")
+                get_logger("retention.cli").error("error", message=exc.format_message(), exit_code=exc.exit_code)
+
+            exc.show = show  # type: ignore[method-assign]
+        return exc
+
+
+@click.group(cls=_Main, help=HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_global_options(group=True)
 @click.version_option(__version__, prog_name="retention")
 @click.pass_context
-def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool) -> None:
-    from retention.logs import configure_logging
+def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool | None,
+         quiet: bool | None) -> None:
+    ctx.obj = _State(policies, log_format, bool(debug), bool(quiet))
+    ctx.obj.configure_logging()
 
-    configure_logging(log_format, debug=debug)
-    ctx.obj = _State(policies, debug)
+
+def _database_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--database-index", "database_index", type=click.IntRange(min=0), metavar="N",
+                      help="Only the N-th database of the file (0-based, in the order of `databases:`); "
+                           "for a Kubernetes Indexed Job: --database-index \"$JOB_COMPLETION_INDEX\".")(fn)
+    return click.option("--database", "database", metavar="NAME",
+                        help="Only the policies on this database (a name under `databases:`).")(fn)
+
+
+def _pick_database(model: Any, name: str | None, index: int | None) -> str | None:
+    """The database a run is limited to, from --database or --database-index (None: all)."""
+    if name is not None and index is not None:
+        raise UsageError("--database and --database-index: give one of them")
+    names = list(model.databases)
+    if index is not None:
+        if index >= len(names):
+            raise UsageError(f"--database-index {index}: the policy file defines {len(names)} database(s) "
+                             f"(0..{len(names) - 1}): {', '.join(names)}")
+        return names[index]
+    if name is not None and name not in model.databases:
+        raise UsageError(f"--database: unknown database {name!r}; defined: {', '.join(names)}")
+    return name
+
+
+def _for_database(model: Any, database: str | None) -> Any:
+    """The model with `{database}` in audit.path filled in: one audit log (and lock) per database."""
+    path = model.audit.path
+    if "{database}" not in path:
+        return model
+    if database is None:
+        raise UsageError(f"audit.path {path!r} contains {{database}}: run with --database NAME or "
+                         "--database-index N (one audit log per database)")
+    if "/" in database or database in (".", ".."):
+        raise UsageError(f"database name {database!r} cannot fill {{database}} in audit.path")
+    return model.model_copy(update={"audit": model.audit.model_copy(update={"path": path.replace("{database}",
+                                                                                               database)})})
 
 
 @main.command()
+@_database_options
+@_global_options()
 @click.pass_obj
 @_guard
-def validate(state: _State) -> None:
+def validate(state: _State, database: str | None, database_index: int | None) -> None:
     """Check the policy file against every database it names. Writes nothing.
 
     Parses the file, connects to each database, reflects the named tables and checks
     every table, column, key, strategy and foreign-key relation. Warnings (missing
     indexes, settings that keep copies of removed data) do not fail the check.
     """
+    from retention.engine.runner import select_policies
     from retention.engine.validation import connect_and_check
 
     model = state.load()
-    connected = connect_and_check(model, readonly=True, survey=True)
+    selected = select_policies(model, (), _pick_database(model, database, database_index))
+    connected = connect_and_check(model, selected, readonly=True, survey=True)
     try:
         for warning in connected.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{model.source}: {len(model.policies)} policies OK")
-        for p in model.policies:
+            state.say("warning", warning)
+        if state.quiet:
+            return
+        click.echo(f"{model.source}: {len(selected)} policies OK")
+        for p in selected:
             align = "" if p.align == "none" else f" from the {p.align.replace('_', ' ')}"
             children = f" (+ {', '.join(p.cascade)})" if p.cascade else ""
             click.echo(f"  {p.name}: {p.action} {model.database_of(p)}.{p.table}{children} "
@@ -136,39 +292,88 @@ def validate(state: _State) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="Result format on stdout.")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--metrics-file", "metrics_file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write Prometheus metrics (node exporter textfile format) to PATH, atomically; "
+                   "also on a failed night. Not with --dry-run.")
+@_database_options
+@_global_options()
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool) -> None:
+        force: bool, metrics_file: str | None, database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
     Examples:
       retention run --dry-run                      what would go tonight
       retention run --dry-run --as-of 2027-01-01   what goes by 1 January
-      retention run --format json                  the nightly job
+      retention --log-format json run --format json   the nightly job
+      retention run --database-index 2             the third database only (a fleet)
     """
+    if metrics_file and dry_run:
+        raise UsageError("--metrics-file is for real runs: a --dry-run changes nothing to count")
+    started = time.monotonic()
+    try:
+        result = _run(state, dry_run, policy_names, as_of, force, database, database_index)
+    except Exception as exc:
+        # A night that ends in exit 2 or 4 must show in the metrics too, not leave last night's file.
+        if metrics_file:
+            _write_metrics(state, Path(metrics_file), None, getattr(exc, "exit_code", EXIT_FAILED), started)
+        raise
+    if metrics_file:
+        _write_metrics(state, Path(metrics_file), result, result.exit_code, started)
+    if not state.quiet:
+        from retention.reports import run as reports
+
+        text = reports.render(result, fmt)
+        if fmt == "json" and state.json:
+            # One line, so that a stream carrying stdout and stderr together (journald,
+            # `kubectl logs`, a cron log file) stays JSON lines.
+            text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
+        click.echo(text, nl=False)
+    # Under --log-format json the run.end log line carries the message already.
+    if result.message and not state.json and (fmt != "text" or state.quiet):
+        click.echo(result.message, err=True)
+    _exit(result.exit_code)
+
+
+def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, force: bool,
+         database: str | None, database_index: int | None) -> Any:
     from retention.engine import runner
     from retention.policy import dates
-    from retention.reports import run as reports
 
     model = state.load()
+    chosen = _pick_database(model, database, database_index)
+    model = _for_database(model, chosen)
     moment = None
     if as_of:
         try:
             moment = dates.parse_as_of(as_of, model.timezone)
         except dates.PeriodError as exc:
             raise UsageError(str(exc)) from None
-    progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
-    result = runner.execute_run(
-        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
+    progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
+    return runner.execute_run(
+        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
         progress=progress,
         audit_key=_audit_key(model.audit.key_env, required=not dry_run, where=f"{state.policy_path}: "),
     )
-    click.echo(reports.render(result, fmt), nl=False)
-    if result.message and fmt != "text":
-        click.echo(result.message, err=True)
-    _exit(result.exit_code)
+
+
+def _write_metrics(state: _State, path: Path, result: Any, exit_code: int, started: float) -> None:
+    from retention.reports.metrics import RowCount, write_metrics
+
+    rows: list[RowCount] = []
+    for o in result.policies if result is not None else []:
+        deleted = o.applied if o.action == "delete" else 0
+        anonymised = o.anonymised + (o.applied if o.action != "delete" else 0)
+        rows += [RowCount(o.name, o.database, "deleted", deleted),
+                 RowCount(o.name, o.database, "anonymised", anonymised),
+                 RowCount(o.name, o.database, "cascaded", sum(o.cascaded.values()))]
+    try:
+        write_metrics(path, rows, exit_code=exit_code, duration_s=time.monotonic() - started)
+    except OSError as exc:
+        # The run's outcome stands; monitoring notices the stale file by its timestamps.
+        state.say("warning", f"--metrics-file {path}: cannot write: {exc.strerror or exc}")
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:
@@ -205,6 +410,7 @@ def _audit_key(env_name: str | None, *, required: bool, where: str = "") -> byte
 
 
 @main.group()
+@_global_options()
 def audit() -> None:
     """Read and check the audit log (verify, head, show, find).
 
@@ -237,6 +443,8 @@ def _audit_source(state: _State, log: str | None) -> _AuditSource:
             env_name = "RETENTION_AUDIT_KEY" if os.environ.get("RETENTION_AUDIT_KEY") else None
     else:
         section = loader.load_audit(state.policy_path)
+        if "{database}" in section.path:
+            raise UsageError(f"audit.path {section.path!r} has one log per database: name it with --log PATH")
         env_name, path = section.key_env, Path(section.path)
     if not path.exists():
         raise UsageError(f"audit log {path} does not exist")
@@ -274,9 +482,36 @@ def _verdict_exit(result: Any) -> int:
     return EXIT_INVALID if result.key_missing else EXIT_FAILED
 
 
+def _verify_all(sources: list[_AuditSource]) -> Any:
+    """Several logs (a fleet) as one verdict: intact only when every chain is; otherwise the
+    first failing log's reason, with no line (so no run is vouched for)."""
+    from retention.audit import log as audit_mod
+
+    results = [(s.path, _verify(s, None)) for s in sources]
+    for path, result in results:
+        if not result.ok:
+            return audit_mod.VerifyResult(False, result.entries, result.head, None, f"{path}: {result.message()}",
+                                          result.keyed, result.key_missing, result.recorded_chain)
+    return audit_mod.VerifyResult(True, sum(r.entries for _, r in results), ", ".join(r.head for _, r in results),
+                                  None, None, all(r.keyed for _, r in results))
+
+
+def _merged_entries(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """The entries of several audit logs (a fleet: one per database), in time order.
+
+    A stable sort on the entries' UTC timestamps: each log's own order is kept, and the
+    runs of different databases interleave as they happened.
+    """
+    from retention.audit import log as audit_mod
+
+    entries = [e for path in paths for e in audit_mod.read_entries(path)]
+    yield from sorted(entries, key=lambda e: str(e.get("ts", "")))
+
+
 @audit.command("verify")
 @click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
 @click.option("--expect-head", metavar="SEQ:HASH", help="A head recorded elsewhere that the log must still contain.")
+@_global_options()
 @click.pass_obj
 @_guard
 def audit_verify(state: _State, log: str | None, expect_head: str | None) -> None:
@@ -296,17 +531,31 @@ def audit_verify(state: _State, log: str | None, expect_head: str | None) -> Non
 
 @audit.command("head")
 @click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one line {timestamp, level, event: audit.head, head, log}, fit for a JSON log stream.")
+@_global_options()
 @click.pass_obj
 @_guard
-def audit_head(state: _State, log: str | None) -> None:
+def audit_head(state: _State, log: str | None, fmt: str) -> None:
     """Print SEQ:HASH of the last entry, to keep where the job cannot rewrite it."""
+    import datetime as dt
+
     from retention.audit import log as audit_mod
 
-    click.echo(audit_mod.head(_audit_source(state, log).path))
+    path = _audit_source(state, log).path
+    head = audit_mod.head(path)
+    if fmt == "json":
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        click.echo(json.dumps({"timestamp": now, "level": "info", "event": "audit.head", "head": head,
+                               "log": str(path)}))
+    else:
+        click.echo(head)
 
 
 @audit.command("show")
-@click.option("--log", "log", metavar="PATH", help="Audit log file. Default: audit.path of the policy file.")
+@click.option("--log", "logs", metavar="PATH", multiple=True,
+              help="Audit log file (repeatable: several logs, e.g. one per database of a fleet, shown as one, "
+                   "runs in time order). Default: audit.path of the policy file.")
 @click.option("--since", metavar="DATE", help="Only runs on or after DATE.")
 @click.option("--until", metavar="DATE", help="Only runs on or before DATE.")
 @click.option("--policy", "policies", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
@@ -316,9 +565,10 @@ def audit_head(state: _State, log: str | None) -> None:
 @click.option("--expect-head", metavar="SEQ:HASH", help="A head recorded elsewhere that the log must still contain.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
               show_default=True)
+@_global_options()
 @click.pass_obj
 @_guard
-def audit_show(state: _State, log: str | None, since: str | None, until: str | None,
+def audit_show(state: _State, logs: tuple[str, ...], since: str | None, until: str | None,
                policies: tuple[str, ...], run_id: str | None, previews: bool, expect_head: str | None,
                fmt: str) -> None:
     """The audit log for people: enforcement runs, policies, counts, cut-offs.
@@ -333,7 +583,13 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
     from retention.audit import log as audit_mod
     from retention.reports import audit as auditreport
 
-    source = _audit_source(state, log)
+    if len(logs) > 1 and fmt == "html":
+        raise UsageError("--format html shows one log (its chain verified); for several --log use text, json "
+                         "or csv, or one page per log")
+    if len(logs) > 1 and expect_head:
+        raise UsageError("--expect-head names the head of one log; give one --log with it")
+    sources = [_audit_source(state, log) for log in logs] if logs else [_audit_source(state, None)]
+    source = sources[0]
 
     def day(text: str | None, opt: str) -> dt.date | None:
         if text is None:
@@ -344,8 +600,13 @@ def audit_show(state: _State, log: str | None, since: str | None, until: str | N
             raise UsageError(f"{opt}: expected a date like 2026-11-24, got {text!r}") from None
 
     first, last = day(since, "--since"), day(until, "--until")
-    verification = _verify(source, expect_head)
-    runs = auditreport.summarise(audit_mod.read_numbered(source.path), since=first, until=last,
+    if len(sources) == 1:
+        verification = _verify(source, expect_head)
+        entries: Iterator[tuple[int, dict[str, Any]]] = audit_mod.read_numbered(source.path)
+    else:
+        verification = _verify_all(sources)
+        entries = ((0, e) for e in _merged_entries([s.path for s in sources]))
+    runs = auditreport.summarise(entries, since=first, until=last,
                                  policies=policies, run=run_id, previews=previews)
     auditreport.mark_verified(runs, verification)
     if fmt == "html":
@@ -396,6 +657,7 @@ def audit_find(state: _State, policy: str, key: str, table: str | None, log: str
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Build the shop as it stood on DATE (YYYY-MM-DD, not in the future; default today). "
                    "An earlier date gives a shop whose terms have not been enforced since: a first-run backlog.")
+@_global_options()
 @click.pass_obj
 @_guard
 def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None) -> None:

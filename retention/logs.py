@@ -7,6 +7,7 @@ cron job that pipes `run --format json` into another tool must get clean JSON.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -25,7 +26,7 @@ _HANDLER_MARK = "_retention_handler"
 
 # Keys that go first in a JSON line, so that `jq`-less humans reading a log file see when,
 # how bad and what before the details.
-_LEADING_KEYS = ("timestamp", "level", "logger", "event")
+_LEADING_KEYS = ("timestamp", "level", "logger", "event", "run")
 
 
 class _CurrentStderr:
@@ -99,11 +100,44 @@ def _summarise_exception(_logger: Any, _method: str, event_dict: MutableMapping[
     return event_dict
 
 
-def configure_logging(fmt: str | None = None, stream: TextIO | None = None, debug: bool = False) -> None:
+# sd-daemon(3) priorities. journald reads a `<N>` prefix on each line of a service's
+# stderr as that line's priority, so `journalctl -p err` finds a failed night.
+_SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3, "critical": 2}
+
+
+def _stream_is_journal(out: Any, env: dict[str, str] | None = None) -> bool:
+    """Whether `out` is the journald stream systemd connected (JOURNAL_STREAM=device:inode)."""
+    value = (env if env is not None else os.environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        target = out if hasattr(out, "fileno") and not isinstance(out, _CurrentStderr) else sys.stderr
+        st = os.fstat(target.fileno())
+        return bool(device and inode) and (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (AttributeError, OSError, ValueError):
+        # No file descriptor (a StringIO, a test runner's buffer): not the journal.
+        return False
+
+
+class _PriorityPrefix:
+    """Wraps the final renderer: `<3>{...}` for an error line, as journald expects."""
+
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        level = str(event_dict.get("level", method)).lower()
+        line = self._renderer(logger, method, event_dict)
+        return f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
+
+
+def configure_logging(fmt: str | None = None, stream: TextIO | None = None, debug: bool = False,
+                      quiet: bool = False, journald: bool | None = None) -> None:
     """Send operational logs to `stream` (default: the current stderr).
 
     `fmt` is "console", "json", or None to choose by whether `stream` is a terminal.
-    `debug` lowers the level to DEBUG and keeps tracebacks.
+    `debug` lowers the level to DEBUG and keeps tracebacks; `quiet` raises it to ERROR.
+    `journald` prefixes each line with its syslog priority; None: when JOURNAL_STREAM says
+    stderr is the journal.
     """
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -112,7 +146,9 @@ def configure_logging(fmt: str | None = None, stream: TextIO | None = None, debu
     if fmt is None:
         fmt = "console" if tty else "json"
 
-    level = logging.DEBUG if debug else logging.INFO
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO
+    if journald is None:
+        journald = _stream_is_journal(out)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -127,8 +163,10 @@ def configure_logging(fmt: str | None = None, stream: TextIO | None = None, debu
         rest = [*tail, _leading_keys_first, renderer]
     else:
         tail = [] if debug else [_summarise_exception]
-        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+        renderer = structlog.dev.ConsoleRenderer(colors=tty and not journald)
         rest = [*tail, renderer]
+    if journald:
+        rest[-1] = _PriorityPrefix(rest[-1])
 
     structlog.configure(
         processors=[*own, *rest],
@@ -138,10 +176,10 @@ def configure_logging(fmt: str | None = None, stream: TextIO | None = None, debu
         # --log-format, and must follow a later configure_logging().
         cache_logger_on_first_use=False,
     )
-    _route_stdlib_logging(out, shared, rest, debug)
+    _route_stdlib_logging(out, shared, rest, debug, quiet)
 
 
-def _route_stdlib_logging(out: Any, shared: list[Any], rest: list[Any], debug: bool) -> None:
+def _route_stdlib_logging(out: Any, shared: list[Any], rest: list[Any], debug: bool, quiet: bool) -> None:
     # Libraries (SQLAlchemy, Faker, ...) log through the standard library. Their warnings
     # must come out in the same format, or one plain line breaks a JSON-lines log shipper.
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -158,7 +196,7 @@ def _route_stdlib_logging(out: Any, shared: list[Any], rest: list[Any], debug: b
     root.addHandler(handler)
     # Library INFO chatter (every SQL statement, every connection) is noise at 3 a.m.;
     # --debug is when someone wants it.
-    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
 
 
 def get_logger(name: str) -> Any:

@@ -98,7 +98,8 @@ def shop(
 
 
 def validate(path: Path, env: dict[str, str] | None = None) -> Result:
-    result = CliRunner().invoke(main, ["--policies", str(path), "--log-format", "json", "validate"], env=env)
+    # Default log format: errors as `error: ...` text lines (under --log-format json they are JSON).
+    result = CliRunner().invoke(main, ["--policies", str(path), "validate"], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output
     return result

@@ -20,6 +20,7 @@ from typing import Any
 
 import pendulum
 import sqlalchemy as sa
+import structlog
 
 from retention import __version__
 from retention.anonymisation.strategies import FakePool
@@ -97,15 +98,24 @@ def resolve_as_of(as_of: pendulum.DateTime | None, timezone: str, dry_run: bool)
     return as_of
 
 
-def select_policies(model: PolicyFile, names: Sequence[str]) -> list[Policy]:
+def select_policies(model: PolicyFile, names: Sequence[str], database: str | None = None) -> list[Policy]:
+    """The policies a run works on: all, or those named, limited to one database if given."""
+    if database is not None and database not in model.databases:
+        raise UsageError(f"--database: unknown database {database!r}; defined: {', '.join(model.databases)}")
+    candidates = [p for p in model.policies if database is None or model.database_of(p) == database]
+    if database is not None and not candidates:
+        raise UsageError(f"--database: no policy works on database {database!r}")
     if not names:
-        return list(model.policies)
+        return candidates
     known = {p.name for p in model.policies}
     unknown = [n for n in names if n not in known]
     if unknown:
         names_ = ", ".join(map(repr, unknown))
         raise UsageError(f"--policy: unknown policy {names_}; defined: {', '.join(sorted(known))}")
-    return [p for p in model.policies if p.name in names]
+    elsewhere = [n for n in names if all(p.name != n for p in candidates)]
+    if elsewhere:
+        raise UsageError(f"--policy {', '.join(map(repr, elsewhere))}: not on database {database!r}")
+    return [p for p in candidates if p.name in names]
 
 
 def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
@@ -132,13 +142,14 @@ def execute_run(
     dry_run: bool = False,
     as_of: pendulum.DateTime | None = None,
     policy_names: Sequence[str] = (),
+    database: str | None = None,
     force: bool = False,
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
 ) -> RunResult:
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
-    selected = select_policies(model, policy_names)
+    selected = select_policies(model, policy_names, database)
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run)
         stack.callback(connected.dispose)
@@ -147,6 +158,10 @@ def execute_run(
         del lock
         log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
+        # Every log line from here on, errors included, carries the run id (the CLI clears it).
+        structlog.contextvars.bind_contextvars(run=run_id)
+        log.info("run.start", as_of=moment.isoformat(), dry_run=dry_run, policies=[p.name for p in selected],
+                 databases=list(connected.engines), policy_file=model.source, version=__version__)
 
         recovery.recover(log_, run_id, model, connected)
         if not dry_run:
@@ -254,8 +269,17 @@ def execute_run(
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
             result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
+        duration_s = round(time.monotonic() - started, 3)
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
-                    dry_run=dry_run, duration_ms=round((time.monotonic() - started) * 1000))
+                    dry_run=dry_run, duration_ms=round(duration_s * 1000))
+        totals = {key: sum(getattr(o, key) for o in result.policies)
+                  for key in ("due", "held", "deferred", "applied", "anonymised")}
+        statuses: dict[str, int] = {}
+        for o in result.policies:
+            statuses[o.status] = statuses.get(o.status, 0) + 1
+        (log.info if result.exit_code == EXIT_OK else log.error)(
+            "run.end", status=result.status, exit_code=result.exit_code, dry_run=dry_run, duration_s=duration_s,
+            **totals, policies=statuses, audit_head=log_.head, message=result.message)
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
