@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from retention.anonymisation import strategies
 from retention.databases import dialects
-from retention.databases.schema import Edge, Schema, cascade_tree, key_column
+from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column
 from retention.policy.dates import Cutoff
 from retention.policy.model import Policy
 
@@ -134,11 +134,7 @@ class Plan:
     # -- references ------------------------------------------------------------------------
     def blocking_edges(self) -> list[Edge]:
         """Foreign keys into the removed set from rows that are not removed with it."""
-        tree_edges = set(self.tree.values())
-        return [
-            e for m in self.members for e in self.schema.referencing(m)
-            if e not in tree_edges and e.child not in self.tree
-        ]
+        return blocking_edges(self.schema, self.policy, self.tree)
 
     def _owned(self, member: str, outer: sa.FromClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
         """An alias of a member table and the conditions tying its rows to the outer policy row."""

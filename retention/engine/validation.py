@@ -49,11 +49,14 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         warnings: list[str] = []
         for name in needed:
             mine = [p for p in policies if model.database_of(p) == name]
-            tables = {t for p in mine for t in (p.table, *p.cascade)}
+            # Every policy of the file on this database, selected or not: a cascade into another
+            # policy's table is refused, and holds follow links into the other policies' tables.
+            everyone = [p for p in model.policies if model.database_of(p) == name]
+            tables = {t for p in mine for t in (p.table, *p.cascade)} | {p.table for p in everyone}
             schema, missing = reflect(engines[name], tables)
             schemas[name] = schema
             for p in mine:
-                errs, warns = check_policy(schema, p, missing)
+                errs, warns = check_policy(schema, p, missing, everyone)
                 problems += [f"{locate(model, p, key)}: policy '{p.name}', key '{key}': {msg}" for key, msg in errs]
                 warnings += warns
             warnings += purge.storage_warnings(engines[name], name, model.databases[name].purge)
