@@ -169,7 +169,7 @@ class Plan:
         return sa.false()
 
     def blocked(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        if self.policy.action != "delete":
+        if self.policy.action != "delete" or self.detaches:
             return sa.false()
         edges = self.blocking_edges()
         return sa.or_(*[self.referenced_by(e, t) for e in edges]) if edges else sa.false()
@@ -236,6 +236,42 @@ class Plan:
             sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
         )
 
+    def referencing_filter(self, edge: Edge, child: sa.FromClause,
+                           policy_keys: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]
+                           ) -> sa.ColumnElement[bool]:
+        """Rows of ``edge.child`` that point, through ``edge``, at a row removed with the policy
+        rows whose key passes ``policy_keys`` (the row itself, or one of its cascade rows)."""
+        parent = self.schema.tables[edge.parent]
+        if edge.parent == self.policy.table:
+            if len(edge.child_cols) == 1 and edge.parent_cols[0] == self.key.name:
+                return policy_keys(child.c[edge.child_cols[0]])
+            parent_filter = policy_keys(parent.c[self.key.name])
+        else:
+            parent_filter = self.owned_filter(edge.parent, parent, policy_keys)
+        if len(edge.child_cols) == 1:
+            return child.c[edge.child_cols[0]].in_(sa.select(parent.c[edge.parent_cols[0]]).where(parent_filter))
+        return sa.tuple_(*[child.c[c] for c in edge.child_cols]).in_(
+            sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
+        )
+
+    @property
+    def detaches(self) -> bool:
+        return self.policy.action == "delete" and self.policy.on_referenced == "detach"
+
+    def _detach_columns(self) -> list[sa.ScalarSelect[Any]]:
+        """Per blocking edge, the kept rows that point at a due row and would be detached from it
+        (their foreign key set to NULL): rows not removed earlier in this run."""
+        t = self.table.alias("rt_d")
+        columns = []
+        for edge in self.blocking_edges():
+            member, conds = self._owned(edge.parent, t)
+            child = self.schema.tables[edge.child].alias("rt_dc")
+            pairs = zip(edge.child_cols, edge.parent_cols, strict=True)
+            conds = conds + [child.c[cc] == member.c[pc] for cc, pc in pairs]
+            conds.append(sa.not_(self.removed_earlier(edge.child, child)))
+            columns.append(sa.select(sa.func.count()).select_from(t).where(self.due(t), *conds).scalar_subquery())
+        return columns
+
     # -- counting ---------------------------------------------------------------------------
     def _choose_access(self, conn: sa.Connection, total: int) -> None:
         """On a range-blind database, probe the ``after`` index: when more than a fifth of the
@@ -268,6 +304,18 @@ class Plan:
         ).one()
         counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
         edges = self.blocking_edges() if self.policy.action == "delete" else []
+        if self.detaches and edges and counts.due:
+            # Nothing is deferred: every due row goes, after the rows pointing at it are detached.
+            found = conn.execute(sa.select(*self._detach_columns(),
+                                           *(self._cascade_columns(self.due) if cascade else []))).one()
+            for edge, n in zip(edges, found, strict=False):
+                if n:
+                    name = f"{edge.child}.{','.join(edge.child_cols)}"
+                    counts.detached_columns[name] = counts.detached_columns.get(name, 0) + int(n)
+            counts.detached = sum(counts.detached_columns.values())
+            if cascade and self.tree:
+                counts.cascaded = {m: int(n) for m, n in zip(self.tree, found[len(edges):], strict=True)}
+            return counts
         if not edges or not counts.due:
             if cascade and self.tree:
                 found = conn.execute(sa.select(*self._cascade_columns(self.due))).one()
@@ -343,6 +391,10 @@ class Plan:
             keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
             if not keys:
                 break
+            if self.detaches:  # every due row goes (what points at it is detached first)
+                found += keys
+                last = keys[-1]
+                continue
             blocked = self.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=dialect))
             anonymise = self.policy.on_referenced == "anonymise"
             found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
@@ -366,6 +418,9 @@ class Counts:
     to_anonymise: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)
+    # on_referenced: detach: kept rows whose foreign key is set to NULL, per "table.column".
+    detached: int = 0
+    detached_columns: dict[str, int] = field(default_factory=dict)
 
 
 def _jsonable(value: Any) -> Any:

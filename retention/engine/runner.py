@@ -62,6 +62,9 @@ class PolicyOutcome:
     anonymised: int = 0
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
+    # on_referenced: detach: kept rows whose foreign key is (or would be) set to NULL.
+    detached: int = 0
+    detached_columns: dict[str, int] = field(default_factory=dict)
     total: int = 0
     status: str = "ok"
     sample: list[Any] = field(default_factory=list)
@@ -119,6 +122,7 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
 def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
     outcome.deferred_reasons = dict(counts.reasons)
+    outcome.detached, outcome.detached_columns = counts.detached, dict(counts.detached_columns)
     outcome.total = counts.total
 
 
@@ -210,6 +214,7 @@ def execute_run(
                     outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
                     outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
                     outcome.cascaded = applied.cascaded
+                    outcome.detached, outcome.detached_columns = applied.detached, applied.detached_columns
                     if applied.deleted or applied.anonymised:
                         touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
@@ -220,6 +225,7 @@ def execute_run(
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
+                        detached=outcome.detached, detached_columns=outcome.detached_columns,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_s=outcome.duration_s, error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,

@@ -142,9 +142,12 @@ def summarise(
                     setattr(row, name, e.get(name))
             row.status = "incomplete"
         elif event == "batch" and e.get("state") == "intent":
-            intents[(rid, e.get("batch"))] = (str(e.get("policy")), e.get("count"))
+            if e.get("action") != "detach":  # detached rows are kept rows: not part of `applied`
+                intents[(rid, e.get("batch"))] = (str(e.get("policy")), e.get("count"))
         elif event == "batch.committed":
             intents.pop((rid, e.get("batch")), None)
+            if e.get("action") == "detach":
+                continue
             row = summary.row(str(e.get("policy")))
             if row.status in ("incomplete", "not reached"):  # policy.end has the final word
                 _count_into(row, e.get("count"))

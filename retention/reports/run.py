@@ -27,6 +27,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
+                "detached": o.detached, "detached_columns": o.detached_columns,
             }
             for o in result.policies
         ],
@@ -39,7 +40,7 @@ def render_json(result: RunResult) -> str:
 
 
 CSV_COLUMNS = ["run", "as_of", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
-               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status"]
+               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status", "detached"]
 
 
 def render_csv(result: RunResult) -> str:
@@ -49,7 +50,7 @@ def render_csv(result: RunResult) -> str:
     for o in result.policies:
         writer.writerow([result.run, result.as_of, str(result.dry_run).lower(), o.name, o.database, o.table,
                          o.action, o.basis or "", o.cutoff, o.due, o.held, o.deferred, o.applied, o.anonymised,
-                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status])
+                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status, o.detached])
     return out.getvalue()
 
 
@@ -63,6 +64,10 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
             lines.append(f"  with {count} row(s) of {child}")
     else:
         lines.append(f"{o.due} row(s) of {o.table} {will} anonymised")
+    for column, count in o.detached_columns.items():
+        table, _, cols = column.partition(".")
+        lines.append(f"  {count} row(s) of {table} pointing at them {will} detached first "
+                     f"({cols} set to NULL; those rows are kept)")
     if o.deferred:
         reasons = ", ".join(f"{n} still referenced by {t}" for t, n in o.deferred_reasons.items())
         lines.append(f"{o.deferred} row(s) kept for now: {reasons or 'still referenced'}")
