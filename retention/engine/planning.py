@@ -86,6 +86,9 @@ class Plan:
     key: sa.Column[Any] = field(init=False)
     tree: dict[str, Edge] = field(init=False)
     earlier: list[Plan] = field(default_factory=list)
+    # The file's other policies on this database: their `exclude` holds reach this policy's
+    # rows through foreign keys (unless this policy says `holds: own`).
+    holders: list[Policy] = field(default_factory=list)
     blocked_by_guard: bool = False
     # Set by count() on a range-blind database when much of the table is past its term: the
     # dialect whose planner is then steered to scan the table rather than walk the index.
@@ -100,6 +103,18 @@ class Plan:
         assert not isinstance(tree, str), tree
         self.tree = tree
         self.strategies = {c: strategies.resolve(s) for c, s in (self.policy.fields or {}).items()}
+        # (holding policy, foreign key between its table and ours) for every link a hold follows.
+        self.hold_links: list[tuple[Policy, Edge]] = []
+        if self.policy.holds == "linked":
+            for other in self.holders:
+                if other.name == self.policy.name or not other.exclude or other.table == self.policy.table:
+                    continue
+                held_table = self.schema.tables.get(other.table)
+                if held_table is None or any(c not in held_table.c for c in other.exclude):
+                    continue  # a policy not run tonight whose table validate has not checked
+                for edge in self.schema.edges:
+                    if {edge.child, edge.parent} == {other.table, self.policy.table}:
+                        self.hold_links.append((other, edge))
 
     # -- row sets --------------------------------------------------------------------------
     @property
@@ -117,13 +132,38 @@ class Plan:
             cond.append(self.pending(t))
         return sa.and_(*cond)
 
+    def _linked_hold(self, t: sa.FromClause, other: Policy, edge: Edge,
+                     columns: Sequence[str] | None = None) -> sa.ColumnElement[bool]:
+        """A row of ``other``'s table linked to the row of ``t`` by ``edge`` is held by ``other``'s
+        `exclude` (only the given columns of it, for the reasons). EXISTS: never unknown."""
+        h = self.schema.tables[other.table].alias()
+        if edge.child == self.policy.table:  # our row points at the held row
+            conds = [h.c[pc] == t.c[cc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        else:  # the held row points at ours
+            conds = [h.c[cc] == t.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        wanted = other.exclude if columns is None else {c: other.exclude[c] for c in columns}
+        return sa.exists().where(*conds, sa.or_(*[_match(h, c, v) for c, v in wanted.items()]))
+
     def held_match(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        return sa.or_(*[_match(t, c, v) for c, v in self.policy.exclude.items()]) if self.policy.exclude else sa.false()
+        own = [_match(t, c, v) for c, v in self.policy.exclude.items()]
+        linked = [self._linked_hold(t, other, edge) for other, edge in self.hold_links]
+        return sa.or_(*own, *linked) if own or linked else sa.false()
 
     def not_held(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        if not self.policy.exclude:
-            return sa.true()
-        return sa.and_(*[_differs(t, c, v) for c, v in self.policy.exclude.items()])
+        own = [_differs(t, c, v) for c, v in self.policy.exclude.items()]
+        linked = [sa.not_(self._linked_hold(t, other, edge)) for other, edge in self.hold_links]
+        return sa.and_(*own, *linked) if own or linked else sa.true()
+
+    def hold_reasons(self, t: sa.FromClause) -> dict[str, sa.ColumnElement[bool]]:
+        """Per reason (``table.column`` of the hold flag), the rows it holds: the policy's own
+        `exclude` columns, and those of the policies whose holds follow links to this one."""
+        reasons: dict[str, list[sa.ColumnElement[bool]]] = {}
+        for c, v in self.policy.exclude.items():
+            reasons.setdefault(f"{self.policy.table}.{c}", []).append(_match(t, c, v))
+        for other, edge in self.hold_links:
+            for c in other.exclude:
+                reasons.setdefault(f"{other.table}.{c}", []).append(self._linked_hold(t, other, edge, [c]))
+        return {name: sa.or_(*conds) for name, conds in reasons.items()}
 
     def due(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         return sa.and_(self.past_term(t), self.not_held(t))
@@ -299,10 +339,13 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
+        reasons = self.hold_reasons(t)
         row = conn.execute(
-            sa.select(tally(self.held_match(t)), tally(self.not_held(t))).select_from(t).where(self.past_term(t))
+            sa.select(tally(self.held_match(t)), tally(self.not_held(t)), *[tally(c) for c in reasons.values()])
+            .select_from(t).where(self.past_term(t))
         ).one()
         counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
+        counts.held_reasons = {name: int(n) for name, n in zip(reasons, row[2:], strict=True) if n}
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if self.detaches and edges and counts.due:
             # Nothing is deferred: every due row goes, after the rows pointing at it are detached.
@@ -418,6 +461,8 @@ class Counts:
     to_anonymise: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)
+    # Past-term rows kept by a hold, per hold flag ("accounts.legal_hold"); a row may have several.
+    held_reasons: dict[str, int] = field(default_factory=dict)
     # on_referenced: detach: kept rows whose foreign key is set to NULL, per "table.column".
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)

@@ -62,6 +62,7 @@ class PolicyOutcome:
     anonymised: int = 0
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
+    held_reasons: dict[str, int] = field(default_factory=dict)
     # on_referenced: detach: kept rows whose foreign key is (or would be) set to NULL.
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)
@@ -122,6 +123,7 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
 def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
     outcome.deferred_reasons = dict(counts.reasons)
+    outcome.held_reasons = dict(counts.held_reasons)
     outcome.detached, outcome.detached_columns = counts.detached, dict(counts.detached_columns)
     outcome.total = counts.total
 
@@ -158,7 +160,8 @@ def execute_run(
             db = model.database_of(p)
             cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
             earlier = [q for q in plans if q.database == db]
-            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier))
+            holders = [q for q in model.policies if model.database_of(q) == db]
+            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
 
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
@@ -226,6 +229,7 @@ def execute_run(
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
+                        held_reasons=outcome.held_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_s=outcome.duration_s, error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,

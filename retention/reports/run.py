@@ -28,6 +28,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
                 "detached": o.detached, "detached_columns": o.detached_columns,
+                "held_reasons": o.held_reasons,
             }
             for o in result.policies
         ],
@@ -74,7 +75,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         if o.fields and o.action == "delete":
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
-        lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)")
+        why = ", ".join(f"{n} by {flag}" for flag, n in o.held_reasons.items())
+        lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)" + (f": {why}" if why else ""))
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
     return lines
