@@ -110,12 +110,12 @@ def validate(state: _State) -> None:
     every table, column, key, strategy and foreign-key relation. Warnings (missing
     indexes, settings that keep copies of removed data) do not fail the check.
     """
-    from retention.engine.validation import connect_and_check
+    from retention.engine.validation import connect_and_check, lifetime_warnings
 
     model = state.load()
     connected = connect_and_check(model, readonly=True)
     try:
-        for warning in connected.warnings:
+        for warning in [*connected.warnings, *lifetime_warnings(model, connected)]:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{model.source}: {len(model.policies)} policies OK")
         for p in model.policies:

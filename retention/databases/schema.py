@@ -194,19 +194,18 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str],
         if name in missing:
             problems.append(("cascade", f"table '{name}' does not exist in the database"))
     owned = {o.table: o.name for o in others if o.name != policy.name}
-    for name in policy.cascade:
-        if name in owned:
-            problems.append(("cascade", (
-                f"table '{name}' has a policy of its own ('{owned[name]}'): a cascade would delete its rows "
-                f"before their own term; drop '{name}' from cascade (its rows then keep their parent "
-                f"until their own policy removes them), or use on_referenced: detach"
-            )))
+    conflicts = [(
+        "cascade",
+        f"table '{name}' has a policy of its own ('{owned[name]}'): a cascade would delete its rows "
+        f"before their own term; drop '{name}' from cascade (its rows then keep their parent "
+        f"until their own policy removes them), or use on_referenced: detach",
+    ) for name in policy.cascade if name in owned]
     if not any(k == "cascade" for k, _ in problems):
         tree = cascade_tree(schema, policy)
         if isinstance(tree, str):
             problems.append(("cascade", tree))
         else:
-            if policy.on_referenced == "detach":
+            if policy.on_referenced == "detach" and not conflicts:
                 problems += _detach_problems(schema, policy, tree)
             for child, edge in tree.items():
                 if not schema.has_index(child, edge.child_cols):
@@ -216,6 +215,7 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str],
                         f"database scan {child}. Fix: CREATE INDEX ix_{child}_{'_'.join(edge.child_cols)} "
                         f"ON {child} ({cols})"
                     )
+    problems += conflicts
     return problems, warnings
 
 

@@ -476,6 +476,36 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def never_in_scope(table: sa.FromClause, policies: Sequence[Policy]) -> sa.ColumnElement[bool] | None:
+    """Rows of a policy table that no policy of the file on it will ever remove: outside the
+    `where` of every one of them, so their event can never make them due as the file stands
+    (an open ticket under `where: {status: closed}`). None when some policy has no `where`.
+
+    A NULL `after` is not counted: that event may still happen (a customer who has not
+    deregistered). The definition is deliberately this simple; docs/policy-file.md.
+    """
+    if not policies or any(not p.where for p in policies):
+        return None
+    # _match is never NULL, so the NOT of the conjunction is exact (a NULL column is out of scope).
+    return sa.and_(*[sa.not_(sa.and_(*[_match(table, c, v) for c, v in p.where.items()])) for p in policies])
+
+
+def uncovered_links(schema: Schema, policies: Sequence[Policy]) -> dict[str, list[Edge]]:
+    """Per policy table, the foreign keys pointing at it (or at its cascade tables) from tables
+    that no policy covers (neither a policy's table nor a cascade table): their rows, which may
+    hold personal data of the same person, have no end in the file."""
+    covered = {p.table for p in policies} | {c for p in policies for c in p.cascade}
+    out: dict[str, list[Edge]] = {}
+    for table in dict.fromkeys(p.table for p in policies):
+        # Only tables that point at a person's rows (orders at accounts); the tables a policy
+        # table points at are mostly lookups (products, countries).
+        members = {table} | {c for p in policies if p.table == table for c in p.cascade}
+        for e in schema.edges:
+            if e.parent in members and e.child not in covered:
+                out.setdefault(table, []).append(e)
+    return out
+
+
 def run_order(policies: Sequence[Policy], schemas: dict[str, Schema],
               database_of: Callable[[Policy], str]) -> list[Policy]:
     """Children before parents: a policy whose table references another policy's table runs first.

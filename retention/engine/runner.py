@@ -28,7 +28,7 @@ from retention.databases import purge
 from retention.engine import monitor, recovery
 from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
-from retention.engine.planning import Counts, Plan, run_order
+from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
 from retention.engine.validation import Connected, connect_and_check
 from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
 from retention.logs import get_logger
@@ -63,6 +63,10 @@ class PolicyOutcome:
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
     held_reasons: dict[str, int] = field(default_factory=dict)
+    # Preview only: rows of the table no policy will ever remove (outside every `where`), and
+    # the tables pointing at it that no policy covers (docs/policy-file.md, "without an end").
+    no_end: int = 0
+    no_end_tables: list[str] = field(default_factory=list)
     # on_referenced: detach: kept rows whose foreign key is (or would be) set to NULL.
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)
@@ -206,6 +210,8 @@ def execute_run(
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
+                    if dry_run:
+                        _lifetime(outcome, plan, model, conn)
                     conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
@@ -264,6 +270,16 @@ def execute_run(
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _lifetime(outcome: PolicyOutcome, plan: Plan, model: PolicyFile, conn: sa.Connection) -> None:
+    on_table = [q for q in model.policies if model.database_of(q) == plan.database and q.table == plan.policy.table]
+    cond = never_in_scope(plan.table, on_table)
+    if cond is not None:
+        outcome.no_end = int(conn.execute(sa.select(sa.func.count()).select_from(plan.table).where(cond)).scalar_one())
+    same_db = [q for q in model.policies if model.database_of(q) == plan.database]
+    edges = uncovered_links(plan.schema, same_db).get(plan.policy.table, [])
+    outcome.no_end_tables = [f"{e.child}.{','.join(e.child_cols)}" for e in edges]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -69,6 +69,36 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
     return Connected(engines, schemas, warnings)
 
 
+def lifetime_warnings(model: PolicyFile, connected: Connected) -> list[str]:
+    """"No personal data without an end" (docs/policy-file.md): per policy table, the rows no
+    policy of the file will ever remove (outside every policy's `where`), and the tables
+    pointing at a policy table that no policy or cascade covers. Counts one query per table."""
+    from retention.engine.planning import never_in_scope, uncovered_links
+
+    out: list[str] = []
+    for name, schema in connected.schemas.items():
+        mine = [p for p in model.policies if model.database_of(p) == name]
+        for table in dict.fromkeys(p.table for p in mine):
+            if table not in schema.tables:
+                continue
+            on_table = [p for p in mine if p.table == table]
+            cond = never_in_scope(schema.tables[table], on_table)
+            if cond is None:
+                continue
+            with connected.engines[name].connect() as conn:
+                n = conn.execute(sa.select(sa.func.count()).select_from(schema.tables[table]).where(cond)).scalar_one()
+                conn.rollback()
+            if n:
+                wheres = "; ".join(f"'{p.name}' where {dict(p.where)}" for p in on_table)
+                out.append(f"{name}.{table}: {n} row(s) outside every policy's `where` ({wheres}): "
+                           "no policy will ever remove them as the file stands")
+        for table, edges in uncovered_links(schema, mine).items():
+            for e in edges:
+                out.append(f"{name}.{e.child} ({', '.join(e.child_cols)} -> {e.parent}) is covered by no policy or "
+                           f"cascade: its rows, linked to {table}, have no end in the file; give it a policy")
+    return out
+
+
 def _refuse_missing_sqlite_file(name: str, url: str) -> None:
     """SQLite creates a missing file on connect; a typo in a path must be an error, not a new database."""
     try:

@@ -28,7 +28,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
                 "detached": o.detached, "detached_columns": o.detached_columns,
-                "held_reasons": o.held_reasons,
+                "held_reasons": o.held_reasons, "no_end": o.no_end, "no_end_tables": o.no_end_tables,
             }
             for o in result.policies
         ],
@@ -77,6 +77,12 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     if o.held:
         why = ", ".join(f"{n} by {flag}" for flag, n in o.held_reasons.items())
         lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)" + (f": {why}" if why else ""))
+    if o.no_end:
+        lines.append(f"! {o.no_end} row(s) of {o.table} are outside every policy's `where`: "
+                     "no policy will ever remove them")
+    for link in o.no_end_tables:
+        lines.append(f"! {link.partition('.')[0]} points at {o.table} ({link}) and no policy covers it: "
+                     "its rows have no end")
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
     return lines
