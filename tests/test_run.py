@@ -96,7 +96,8 @@ def add_old_customers(engine: sa.Engine) -> None:
                 ])
             conn.execute(t["tickets"].insert(), [{
                 "id": account, "account_id": account, "subject": "Opzeggen", "status": "closed",
-                "opened_at": dtm(2018, 2, 20, 9), "closed_at": dtm(2018, 2, 21, 9), "legal_hold": False,
+                "opened_at": dtm(2018, 2, 20, 9), "closed_at": dtm(2018, 2, 21, 9),
+                "last_activity_at": dtm(2018, 2, 21, 9), "legal_hold": False,
             }])
             conn.execute(t["ticket_messages"].insert(), [{
                 "id": account, "ticket_id": account, "sent_at": dtm(2018, 2, 20, 9), "sender": "customer",
