@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import sqlalchemy as sa
 from helpers import audit_path, ids, invoke, run_cli, scalar, unchanged_witness, write_policies
 
@@ -117,3 +122,45 @@ def test_detach_with_fields_is_refused_by_the_file_check(db: TestDatabase, tmp_p
     checked = invoke(["--policies", str(policy), "validate"])
     assert checked.exit_code == 2
     assert "key 'fields': a delete policy takes no `fields`" in checked.stderr
+
+
+def test_a_blocked_detach_policy_detaches_nothing_and_reports_none(db: TestDatabase, tmp_path: Path) -> None:
+    """The max_fraction guard stops the whole policy, detaching included (exit 3)."""
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [{**CUSTOMERS, "max_fraction": 0.1}, INVOICES])
+    run = run_cli(policy)
+    assert run.exit_code == 3, run
+    customers = run.policy("customers")
+    assert (customers["status"], customers["applied"], customers["detached"]) == ("blocked", 0, 0)
+    assert scalar(db.engine, "SELECT count(*) FROM invoices WHERE customer_id IS NULL") == 0
+    assert scalar(db.engine, "SELECT count(*) FROM customers") == 4
+
+
+@pytest.mark.parametrize(("point", "expected", "nulls_after_kill"), [
+    ("intent", "not applied", 0),  # killed before COMMIT: detach and delete rolled back together
+    # (only the customers policy runs: invoice 20 is detached too, its own policy did not remove it)
+    ("commit", "applied", 3),      # killed after COMMIT, before `batch.committed`
+])
+def test_a_killed_detach_batch_is_recovered(db: TestDatabase, tmp_path: Path, point: str, expected: str,
+                                            nulls_after_kill: int) -> None:
+    if db.name == "mariadb":
+        pytest.skip("pinned on SQLite and PostgreSQL like tests/test_recovery.py; MariaDB shares the code path")
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [CUSTOMERS, INVOICES])
+    argv = [sys.executable, "-m", "retention.cli", "--policies", str(policy), "--log-format", "json",
+            "run", "--as-of", "2026-11-24T03:00:00", "--format", "json", "--policy", "customers"]
+    env = {**os.environ, "RETENTION_TEST_KILL_AT": point}
+    killed = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert scalar(db.engine, "SELECT count(*) FROM invoices WHERE customer_id IS NULL") == nulls_after_kill
+
+    again = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert again.returncode == 0, again.stderr
+    entries = [json.loads(line) for line in audit_path(policy).read_text(encoding="utf-8").splitlines()]
+    recovered = {e["batch"]: e["result"] for e in entries if e["event"] == "batch.recovered"}
+    first_run = entries[0]["run"]
+    intents = {e["batch"]: e["action"] for e in entries if e["event"] == "batch" and e["run"] == first_run}
+    assert sorted(intents.values()) == ["delete", "detach"]
+    assert recovered == dict.fromkeys(intents, expected)
+    assert ids(db.engine, "SELECT id FROM customers") == {4}
+    assert ids(db.engine, "SELECT id FROM invoices WHERE customer_id IS NULL") == {10, 11, 20}

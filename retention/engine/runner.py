@@ -198,6 +198,8 @@ def execute_run(
                 with engine.connect() as conn:
                     counts = plan.count(conn, cascade=dry_run)
                     _set_counts(outcome, counts)
+                    if not dry_run:  # a real run reports the rows it detached, not the count's estimate
+                        outcome.detached, outcome.detached_columns = 0, {}
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
                     if share > plan.policy.max_fraction and not force:
                         plan.blocked_by_guard = True
