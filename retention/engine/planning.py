@@ -330,7 +330,8 @@ class Plan:
     def count(self, conn: sa.Connection, cascade: bool = False) -> Counts:
         """Total, held, due and deferred rows (with reasons and how many to anonymise instead);
         with ``cascade``, also the cascade rows removing the removable rows takes with them
-        (``Counts.cascaded``, for the preview)."""
+        (``Counts.cascaded``, for the preview) and, with ``on_referenced: detach``, the rows that
+        would be detached (``Counts.detached``)."""
         t = self.table
         one = sa.literal(1)
         total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
@@ -339,16 +340,25 @@ class Plan:
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
 
+        # not_held is the exact complement of held_match (no NULLs), so due = past term - held:
+        # each hold condition (an EXISTS per link) is evaluated once per row, not twice; with one
+        # reason its tally is the held count itself.
         reasons = self.hold_reasons(t)
+        held_tally = [tally(self.held_match(t))] if len(reasons) > 1 else []
         row = conn.execute(
-            sa.select(tally(self.held_match(t)), tally(self.not_held(t)), *[tally(c) for c in reasons.values()])
+            sa.select(sa.func.count(), *held_tally, *[tally(c) for c in reasons.values()])
             .select_from(t).where(self.past_term(t))
         ).one()
-        counts = Counts(total=int(total), held=int(row[0]), due=int(row[1]), deferred=0)
-        counts.held_reasons = {name: int(n) for name, n in zip(reasons, row[2:], strict=True) if n}
+        per_reason = [int(n) for n in row[1 + len(held_tally):]]
+        held = int(row[1]) if held_tally else sum(per_reason)
+        counts = Counts(total=int(total), held=held, due=int(row[0]) - held, deferred=0)
+        counts.held_reasons = {name: n for name, n in zip(reasons, per_reason, strict=True) if n}
         edges = self.blocking_edges() if self.policy.action == "delete" else []
         if self.detaches and edges and counts.due:
             # Nothing is deferred: every due row goes, after the rows pointing at it are detached.
+            # Counted for the preview only: a real run reports the rows it detached.
+            if not cascade:
+                return counts
             found = conn.execute(sa.select(*self._detach_columns(),
                                            *(self._cascade_columns(self.due) if cascade else []))).one()
             for edge, n in zip(edges, found, strict=False):
