@@ -93,3 +93,13 @@ def test_holds_own_opts_a_policy_out_of_linked_holds(db: TestDatabase, tmp_path:
     assert ids(db.engine, "SELECT id FROM invoices") == set()
     # The other policies still follow links.
     assert ids(db.engine, "SELECT id FROM tickets") == {100, 200}
+
+
+def test_a_hold_of_a_policy_not_selected_still_holds(db: TestDatabase, tmp_path: Path) -> None:
+    """`--policy invoices`: the accounts policy does not run, but its hold is still a hold."""
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, INVOICES, TICKETS])
+    result = run_cli(policy, "--policy", "invoices")
+    assert result.exit_code == 0, result
+    assert (result.policy("invoices")["held"], result.policy("invoices")["applied"]) == (1, 2)
+    assert ids(db.engine, "SELECT id FROM invoices") == {10}
