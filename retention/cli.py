@@ -264,13 +264,13 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
     indexes, settings that keep copies of removed data) do not fail the check.
     """
     from retention.engine.runner import select_policies
-    from retention.engine.validation import connect_and_check
+    from retention.engine.validation import connect_and_check, lifetime_warnings
 
     model = state.load()
     selected = select_policies(model, (), _pick_database(model, database, database_index))
     connected = connect_and_check(model, selected, readonly=True, survey=True)
     try:
-        for warning in connected.warnings:
+        for warning in [*connected.warnings, *lifetime_warnings(model, connected)]:
             state.say("warning", warning)
         if state.quiet:
             return

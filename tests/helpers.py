@@ -29,7 +29,9 @@ RUN_KEYS = {"as_of", "dry_run", "run", "policies"}
 POLICY_KEYS = {"name", "database", "table", "action", "cutoff", "due", "held", "deferred", "applied",
                "cascaded", "status"}
 
-# Like the shipped policies (the demo shop's terms).
+# The demo shop's terms as an engine workout: a cascade, on_referenced: anonymise, a `where`.
+# (The shipped policies.yaml detaches instead and has an orders policy; tests/test_promises.py
+# runs that file itself.)
 SHOP_POLICIES: list[dict[str, Any]] = [
     {
         "name": "accounts",

@@ -31,12 +31,12 @@ ACCOUNTS = 2_000
 # The terms of policies.yaml at TODAY (plain SQL, independent of the planning code).
 ACCOUNT_CUT = "2024-11-24 00:00:00.000000"  # deregistered_at <= today - 24 months
 INVOICE_CUT = "2019-01-01"  # issued before 1 January of (today.year - 7)
-TICKET_CUT = "2024-11-24 00:00:00.000000"  # closed_at <= today - 2 years
+TICKET_CUT = "2024-11-24 00:00:00.000000"  # last_activity_at <= today - 2 years
 
 DATETIME_COLUMNS = {
     "accounts": ("created_at", "deregistered_at"),
     "orders": ("ordered_at",),
-    "tickets": ("opened_at", "closed_at"),
+    "tickets": ("opened_at", "closed_at", "last_activity_at"),
     "ticket_messages": ("sent_at",),
 }
 FOREIGN_KEYS = [  # (child, column, parent)
@@ -124,6 +124,8 @@ def test_schema_is_the_one_the_policies_name(shop: tuple[Path, DemoSummary]) -> 
         ("invoice_lines", ("invoice_id",)),
         ("tickets", ("account_id",)),
         ("tickets", ("closed_at",)),
+        ("tickets", ("last_activity_at",)),
+        ("orders", ("ordered_at",)),
         ("ticket_messages", ("ticket_id",)),
     } <= indexes
     assert "ix_accounts_deregistered_at" in {ix["name"] for ix in insp.get_indexes("accounts")}
@@ -214,6 +216,11 @@ BROKEN_RULES = {
         WHERE t.opened_at < a.created_at OR t.opened_at > a.deregistered_at""",
     "ticket status and closed_at disagree": """
         SELECT id FROM tickets WHERE status NOT IN ('open', 'closed') OR (status = 'open') <> (closed_at IS NULL)""",
+    "ticket's last activity is not its closing (closed) or its last message (open)": """
+        SELECT t.id FROM tickets t
+        WHERE t.last_activity_at IS NOT (CASE WHEN t.status = 'closed' THEN t.closed_at
+                                              ELSE (SELECT max(sent_at) FROM ticket_messages m WHERE m.ticket_id = t.id)
+                                         END)""",
     "ticket not closed 0-30 days after opening": """
         SELECT id FROM tickets WHERE julianday(closed_at) - julianday(opened_at) NOT BETWEEN 0 AND 30""",
     "held ticket that is open": "SELECT id FROM tickets WHERE legal_hold AND status = 'open'",
@@ -340,7 +347,7 @@ def test_deferred_held_and_open_ticket_cases_exist(db: sqlite3.Connection) -> No
     past_term = f"a.deregistered_at <= '{ACCOUNT_CUT}' AND NOT a.legal_hold"
     kept_invoice = f"EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = a.id AND i.issued_at >= '{INVOICE_CUT}')"
     any_ticket = "EXISTS (SELECT 1 FROM tickets t WHERE t.account_id = a.id)"
-    # Past the term but an invoice must be kept: cannot be deleted yet (deferred, anonymised).
+    # Past the term but an invoice must be kept: the invoice is detached, the account deleted.
     assert count(db, "accounts a", f"{past_term} AND {kept_invoice}") >= 3
     # ... and plenty that can simply be deleted.
     assert count(db, "accounts a", f"{past_term} AND NOT {kept_invoice} AND NOT {any_ticket}") >= 10
@@ -348,6 +355,8 @@ def test_deferred_held_and_open_ticket_cases_exist(db: sqlite3.Connection) -> No
     ticket_of = "tickets t JOIN accounts a ON a.id = t.account_id"
     assert count(db, ticket_of, "t.status = 'open' AND a.deregistered_at IS NOT NULL") >= 2
     assert count(db, ticket_of, f"t.status = 'open' AND {past_term}") >= 1
+    # Open tickets nobody touched for more than 2 years: their term ends too (policies.yaml).
+    assert count(db, "tickets", f"status = 'open' AND last_activity_at <= '{TICKET_CUT}'") >= 10
     # Legal holds: deregistered long ago, just past the term, active; closed tickets under hold.
     assert count(db, "accounts", "legal_hold AND deregistered_at < '2020-01-01'") >= 1
     assert count(db, "accounts", f"legal_hold AND deregistered_at <= '{ACCOUNT_CUT}'") >= 2
@@ -365,8 +374,9 @@ def due_fractions(conn: sqlite3.Connection, account_cut: str, invoice_cut: str, 
     """Share of each policy's table past its term (held rows included), by plain SQL."""
     wheres = {
         "accounts": ("accounts", f"deregistered_at <= '{account_cut}'"),
+        "orders": ("orders", f"ordered_at < '{invoice_cut}'"),  # the same book-year term as invoices
         "invoices": ("invoices", f"issued_at < '{invoice_cut}'"),
-        "correspondence": ("tickets", f"status = 'closed' AND closed_at <= '{ticket_cut}'"),
+        "correspondence": ("tickets", f"last_activity_at <= '{ticket_cut}'"),
     }
     return {name: count(conn, table, where) / count(conn, table, "1 = 1") for name, (table, where) in wheres.items()}
 

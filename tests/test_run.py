@@ -41,8 +41,16 @@ if TYPE_CHECKING:
     from conftest import TestDatabase
 
 CUT = "2024-11-24 03:00:00.000000"  # 24 months / 2 years before AS_OF, local wall clock
-TICKET_REMOVED = f"t.status = 'closed' AND t.closed_at IS NOT NULL AND t.closed_at <= '{CUT}' AND NOT t.legal_hold"
-INVOICE_DUE = "i.issued_at < '2019-01-01'"
+# Holds follow links (docs/policy-file.md): an account under legal hold holds its invoices and
+# tickets; a ticket under legal hold holds its account.
+ACCOUNT_HELD = "(a.legal_hold OR EXISTS (SELECT 1 FROM tickets ht WHERE ht.account_id = a.id AND ht.legal_hold))"
+ACCOUNT_DUE = f"a.deregistered_at <= '{CUT}' AND NOT {ACCOUNT_HELD}"
+HELD_ACCOUNT_OF = "EXISTS (SELECT 1 FROM accounts ha WHERE ha.id = {}.account_id AND ha.legal_hold)"
+TICKET_PAST = f"t.status = 'closed' AND t.closed_at IS NOT NULL AND t.closed_at <= '{CUT}'"
+TICKET_HELD = f"(t.legal_hold OR {HELD_ACCOUNT_OF.format('t')})"
+TICKET_REMOVED = f"{TICKET_PAST} AND NOT {TICKET_HELD}"
+INVOICE_PAST = "i.issued_at < '2019-01-01'"
+INVOICE_DUE = f"{INVOICE_PAST} AND NOT {HELD_ACCOUNT_OF.format('i')}"
 ACCOUNT_FIELDS = ("first_name", "last_name", "email", "phone", "street", "postcode", "city", "birth_date")
 
 
@@ -88,7 +96,8 @@ def add_old_customers(engine: sa.Engine) -> None:
                 ])
             conn.execute(t["tickets"].insert(), [{
                 "id": account, "account_id": account, "subject": "Opzeggen", "status": "closed",
-                "opened_at": dtm(2018, 2, 20, 9), "closed_at": dtm(2018, 2, 21, 9), "legal_hold": False,
+                "opened_at": dtm(2018, 2, 20, 9), "closed_at": dtm(2018, 2, 21, 9),
+                "last_activity_at": dtm(2018, 2, 21, 9), "legal_hold": False,
             }])
             conn.execute(t["ticket_messages"].insert(), [{
                 "id": account, "ticket_id": account, "sent_at": dtm(2018, 2, 20, 9), "sender": "customer",
@@ -105,6 +114,7 @@ class Expected:
     orders_deleted: set[int]
     orders_kept_of_deferred: set[int]
     invoices_due: set[int]
+    invoices_held: set[int]
     invoice_lines_deleted: set[int]
     tickets_due: set[int]
     tickets_held: set[int]
@@ -115,7 +125,7 @@ class Expected:
             return {"due": len(self.accounts_due), "held": len(self.accounts_held),
                     "deferred": len(self.accounts_deferred), "cascaded": {"orders": len(self.orders_deleted)}}
         if policy == "invoices":
-            return {"due": len(self.invoices_due), "held": 0, "deferred": 0,
+            return {"due": len(self.invoices_due), "held": len(self.invoices_held), "deferred": 0,
                     "cascaded": {"invoice_lines": len(self.invoice_lines_deleted)}}
         return {"due": len(self.tickets_due), "held": len(self.tickets_held), "deferred": 0,
                 "cascaded": {"ticket_messages": len(self.messages_deleted)}}
@@ -128,11 +138,11 @@ def expected(engine: sa.Engine, tickets_removed: bool = True) -> Expected:
     ticket still references its account.
     """
     staying_ticket = f"NOT ({TICKET_REMOVED})" if tickets_removed else "1 = 1"
-    due = ids(engine, f"SELECT id FROM accounts WHERE deregistered_at <= '{CUT}' AND NOT legal_hold")
-    held = ids(engine, f"SELECT id FROM accounts WHERE deregistered_at <= '{CUT}' AND legal_hold")
+    due = ids(engine, f"SELECT a.id FROM accounts a WHERE {ACCOUNT_DUE}")
+    held = ids(engine, f"SELECT a.id FROM accounts a WHERE a.deregistered_at <= '{CUT}' AND {ACCOUNT_HELD}")
     deferred = ids(engine, f"""
         SELECT a.id FROM accounts a
-        WHERE a.deregistered_at <= '{CUT}' AND NOT a.legal_hold AND (
+        WHERE {ACCOUNT_DUE} AND (
             EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = a.id AND NOT ({INVOICE_DUE}))
             OR EXISTS (SELECT 1 FROM tickets t WHERE t.account_id = a.id AND {staying_ticket}))
     """)
@@ -141,16 +151,14 @@ def expected(engine: sa.Engine, tickets_removed: bool = True) -> Expected:
     invoices_due = ids(engine, f"SELECT i.id FROM invoices i WHERE {INVOICE_DUE}")
     lines = {r[0]: r[1] for r in _rows(engine, "SELECT id, invoice_id FROM invoice_lines")}
     tickets_due = ids(engine, f"SELECT t.id FROM tickets t WHERE {TICKET_REMOVED}")
-    tickets_held = ids(engine, f"""
-        SELECT t.id FROM tickets t
-        WHERE t.status = 'closed' AND t.closed_at <= '{CUT}' AND t.legal_hold
-    """)
+    tickets_held = ids(engine, f"SELECT t.id FROM tickets t WHERE {TICKET_PAST} AND {TICKET_HELD}")
+    invoices_held = ids(engine, f"SELECT i.id FROM invoices i WHERE {INVOICE_PAST} AND {HELD_ACCOUNT_OF.format('i')}")
     messages = {r[0]: r[1] for r in _rows(engine, "SELECT id, ticket_id FROM ticket_messages")}
     return Expected(
         accounts_due=due, accounts_held=held, accounts_deferred=deferred, accounts_deleted=deleted,
         orders_deleted={o for o, a in orders.items() if a in deleted},
         orders_kept_of_deferred={o for o, a in orders.items() if a in deferred},
-        invoices_due=invoices_due,
+        invoices_due=invoices_due, invoices_held=invoices_held,
         invoice_lines_deleted={x for x, i in lines.items() if i in invoices_due},
         tickets_due=tickets_due, tickets_held=tickets_held,
         messages_deleted={m for m, t in messages.items() if t in tickets_due},
@@ -262,7 +270,7 @@ def test_real_run_removes_every_due_row_and_changes_nothing_else(db: TestDatabas
     after = snapshot(db.engine)
 
     # No due row is left: the only due accounts still there are the deferred ones.
-    assert ids(db.engine, f"SELECT id FROM accounts WHERE deregistered_at <= '{CUT}' AND NOT legal_hold") \
+    assert ids(db.engine, f"SELECT a.id FROM accounts a WHERE {ACCOUNT_DUE}") \
         == exp.accounts_deferred
     assert ids(db.engine, f"SELECT i.id FROM invoices i WHERE {INVOICE_DUE}") == set()
     assert ids(db.engine, f"SELECT t.id FROM tickets t WHERE {TICKET_REMOVED}") == set()
@@ -355,7 +363,7 @@ def test_max_fraction_blocks_that_policy_only_and_force_overrides(db: TestDataba
     assert ids(db.engine, f"SELECT t.id FROM tickets t WHERE {TICKET_REMOVED}") == set()
     # Accounts that only their tickets held are removable now.
     assert forced.policy("accounts")["applied"] == len(exp_blocked.accounts_deferred - exp_full.accounts_deferred)
-    assert ids(db.engine, f"SELECT id FROM accounts WHERE deregistered_at <= '{CUT}' AND NOT legal_hold") \
+    assert ids(db.engine, f"SELECT a.id FROM accounts a WHERE {ACCOUNT_DUE}") \
         == exp_full.accounts_deferred
 
 

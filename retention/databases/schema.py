@@ -115,12 +115,33 @@ def cascade_tree(schema: Schema, policy: Policy) -> dict[str, Edge] | str:
     return tree
 
 
+def blocking_edges(schema: Schema, policy: Policy, tree: dict[str, Edge]) -> list[Edge]:
+    """Foreign keys into the rows a deletion removes (the policy's table and its cascade
+    tables) from rows that are not removed with it: what defers, anonymises or detaches."""
+    members = [policy.table, *tree]
+    tree_edges = set(tree.values())
+    return [e for m in members for e in schema.referencing(m) if e not in tree_edges and e.child not in tree]
+
+
+def single_key(table: sa.Table) -> sa.Column[Any] | None:
+    pk = list(table.primary_key.columns)
+    return pk[0] if len(pk) == 1 else None
+
+
 def _is_temporal(col: sa.Column[Any]) -> bool:
     return isinstance(col.type, (sa.Date, sa.DateTime))
 
 
-def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """Problems as (key, message) and warnings (text) of one policy against a reflected schema."""
+def check_policy(schema: Schema, policy: Policy, missing: set[str],
+                 others: Iterable[Policy] = ()) -> tuple[list[tuple[str, str]], list[str]]:
+    """Problems as (key, message) and warnings (text) of one policy against a reflected schema.
+
+    ``others``: the other policies of the file on the same database. A cascade into a table
+    that has a policy of its own is refused: the cascade would delete that table's rows on the
+    parent's term, cutting the child's own term short (docs/policy-file.md, "One policy never
+    cuts another's term short"). Without the cascade, the child's rows block their parent like
+    any other kept referencing row until their own policy removes them.
+    """
     problems: list[tuple[str, str]] = []
     warnings: list[str] = []
     if policy.table in missing:
@@ -177,11 +198,20 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
     for name in policy.cascade:
         if name in missing:
             problems.append(("cascade", f"table '{name}' does not exist in the database"))
+    owned = {o.table: o.name for o in others if o.name != policy.name}
+    conflicts = [(
+        "cascade",
+        f"table '{name}' has a policy of its own ('{owned[name]}'): a cascade would delete its rows "
+        f"before their own term; drop '{name}' from cascade (its rows then keep their parent "
+        f"until their own policy removes them), or use on_referenced: detach",
+    ) for name in policy.cascade if name in owned]
     if not any(k == "cascade" for k, _ in problems):
         tree = cascade_tree(schema, policy)
         if isinstance(tree, str):
             problems.append(("cascade", tree))
         else:
+            if policy.on_referenced == "detach" and not conflicts:
+                problems += _detach_problems(schema, policy, tree)
             for child, edge in tree.items():
                 if not schema.has_index(child, edge.child_cols):
                     cols = ", ".join(edge.child_cols)
@@ -190,7 +220,32 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str]) -> tuple[lis
                         f"database scan {child}. Fix: CREATE INDEX ix_{child}_{'_'.join(edge.child_cols)} "
                         f"ON {child} ({cols})"
                     )
+    problems += conflicts
     return problems, warnings
+
+
+def _detach_problems(schema: Schema, policy: Policy, tree: dict[str, Edge]) -> list[tuple[str, str]]:
+    """``on_referenced: detach`` sets the referencing foreign key to NULL: every such key must be
+    nullable, and its table must have a single-column primary key (the audit log names the
+    detached rows by it)."""
+    out: list[tuple[str, str]] = []
+    for edge in blocking_edges(schema, policy, tree):
+        child = schema.tables.get(edge.child)
+        if child is None:
+            continue
+        fixed = [c for c in edge.child_cols if not child.c[c].nullable]
+        if fixed:
+            out.append(("on_referenced", (
+                f"detach sets {edge.child}.{', '.join(fixed)} to NULL, but the column is NOT NULL: "
+                f"{edge.child} rows could not be detached from {edge.parent}; use defer or anonymise, "
+                f"or make the column nullable"
+            )))
+        elif single_key(child) is None:
+            out.append(("on_referenced", (
+                f"detach names the detached rows of {edge.child} by their key, but {edge.child} has no "
+                f"single-column primary key"
+            )))
+    return out
 
 
 def locate(model: PolicyFile, policy: Policy, key: str) -> str:

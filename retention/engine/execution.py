@@ -20,11 +20,25 @@ import sqlalchemy as sa
 
 from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
+from retention.databases.schema import single_key
 from retention.engine.planning import Plan, _jsonable
 
 Progress = Callable[[int], None]
-# One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.
-Entry = tuple[str, list[Any], list[str], int, dict[str, int]]
+
+
+@dataclass
+class Entry:
+    """One audited change of a batch: action, the keys changed, the columns changed, rows,
+    cascade rows per table; ``table``/``key_column`` when the rows are not the policy's own
+    (a detach changes the rows that point at the policy's rows)."""
+
+    action: str
+    keys: list[Any]
+    columns: list[str]
+    count: int
+    cascaded: dict[str, int]
+    table: str | None = None
+    key_column: str | None = None
 
 
 class AuditSink(Protocol):
@@ -37,6 +51,8 @@ class Applied:
     anonymised: int = 0
     cascaded: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    detached: int = 0
+    detached_columns: dict[str, int] = field(default_factory=dict)
 
 
 def _audit_keys(keys: list[Any]) -> list[Any]:
@@ -94,7 +110,7 @@ class Executor:
                     keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
                     if last is None:
                         return
-                    entries = [("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
+                    entries = [Entry("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
                 else:
                     keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
                     if not keys:
@@ -104,24 +120,35 @@ class Executor:
                 if not entries:
                     continue
                 written = []
-                for action, changed, columns, count, cascaded in entries:
+                for entry in entries:
                     batch = self.next_batch()
                     self.audit.append(
-                        "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
-                        action=action, state="intent", batch=batch, key_column=key.name,
-                        keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
+                        "batch", self.run_id, policy=plan.policy.name, database=plan.database,
+                        table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
+                        key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
+                        columns=entry.columns, count=entry.count, cascaded=entry.cascaded,
                     )
-                    written.append((batch, action, count, cascaded))
+                    written.append((batch, entry))
                 _test_hook("intent")
             _test_hook("commit")
-            for batch, action, count, cascaded in written:
+            for batch, entry in written:
+                count = entry.count
+                if entry.action == "detach":
+                    # Not the policy's own rows: no part of `applied`, and no progress.
+                    self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch,
+                                      count=count, action="detach")
+                    applied.batches += 1
+                    applied.detached += count
+                    name = f"{entry.table}.{','.join(entry.columns)}"
+                    applied.detached_columns[name] = applied.detached_columns.get(name, 0) + count
+                    continue
                 self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
                 applied.batches += 1
-                if action == "delete":
+                if entry.action == "delete":
                     applied.deleted += count
                 else:
                     applied.anonymised += count
-                for child, n in cascaded.items():
+                for child, n in entry.cascaded.items():
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
 
@@ -132,6 +159,10 @@ class Executor:
         if plan.policy.action != "delete":
             return [self._anonymise(conn, keys)]
         entries: list[Entry] = []
+        if plan.detaches:
+            entries += self._detach(conn, keys)
+            entries.append(self._delete(conn, keys))
+            return entries
         blocked = plan.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=self.dialect))
         free = [k for k in keys if k not in blocked] if blocked else keys
         if free:
@@ -162,7 +193,30 @@ class Executor:
             table = plan.schema.tables[member]
             cascaded[member] = conn.execute(table.delete().where(self._owned_by(member, keys))).rowcount
         count = conn.execute(plan.table.delete().where(dialects.key_in(plan.key, keys, self.dialect))).rowcount
-        return "delete", keys, [], count, cascaded
+        return Entry("delete", keys, [], count, cascaded)
+
+    def _detach(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:
+        """``on_referenced: detach``: set the foreign key to NULL in every row that points at the
+        batch's rows (or at their cascade rows) and is not deleted with them, one audited entry
+        per foreign key. In the real run the rows an earlier policy removes are gone already,
+        so every row still pointing here is a kept row (the preview counts the same rows)."""
+        plan = self.plan
+        entries: list[Entry] = []
+        for edge in plan.blocking_edges():
+            child = plan.schema.tables[edge.child]
+            child_key = single_key(child)
+            assert child_key is not None, "validation refuses detach without a single-column key"
+            where = plan.referencing_filter(edge, child,
+                                            lambda col: dialects.key_in(col, keys, self.dialect))
+            query = sa.select(child_key).where(where).order_by(child_key)
+            found = [r[0] for r in conn.execute(dialects.lock_rows(query, self.dialect))]
+            if not found:
+                continue
+            update = child.update().where(dialects.key_in(child_key, found, self.dialect))
+            count = conn.execute(update.values({c: None for c in edge.child_cols})).rowcount
+            entries.append(Entry("detach", found, list(edge.child_cols), count, {},
+                                 table=edge.child, key_column=child_key.name))
+        return entries
 
     def _fake_columns(self) -> list[str]:
         return [c for c, s in self.plan.strategies.items() if isinstance(s, Fake)]
@@ -191,4 +245,4 @@ class Executor:
     def _anonymise(self, conn: sa.Connection, keys: list[Any]) -> Entry:
         per_row, constants = self._values(len(keys))
         count = dialects.bulk_update(conn, self.plan.table, self.plan.key, keys, per_row, constants)
-        return "anonymise", keys, self._changed_columns(), count, {}
+        return Entry("anonymise", keys, self._changed_columns(), count, {})

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from retention.anonymisation import strategies
 from retention.databases import dialects
-from retention.databases.schema import Edge, Schema, cascade_tree, key_column
+from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column
 from retention.policy.dates import Cutoff
 from retention.policy.model import Policy
 
@@ -86,6 +86,9 @@ class Plan:
     key: sa.Column[Any] = field(init=False)
     tree: dict[str, Edge] = field(init=False)
     earlier: list[Plan] = field(default_factory=list)
+    # The file's other policies on this database: their `exclude` holds reach this policy's
+    # rows through foreign keys (unless this policy says `holds: own`).
+    holders: list[Policy] = field(default_factory=list)
     blocked_by_guard: bool = False
     # Set by count() on a range-blind database when much of the table is past its term: the
     # dialect whose planner is then steered to scan the table rather than walk the index.
@@ -100,6 +103,18 @@ class Plan:
         assert not isinstance(tree, str), tree
         self.tree = tree
         self.strategies = {c: strategies.resolve(s) for c, s in (self.policy.fields or {}).items()}
+        # (holding policy, foreign key between its table and ours) for every link a hold follows.
+        self.hold_links: list[tuple[Policy, Edge]] = []
+        if self.policy.holds == "linked":
+            for other in self.holders:
+                if other.name == self.policy.name or not other.exclude or other.table == self.policy.table:
+                    continue
+                held_table = self.schema.tables.get(other.table)
+                if held_table is None or any(c not in held_table.c for c in other.exclude):
+                    continue  # a policy not run tonight whose table validate has not checked
+                for edge in self.schema.edges:
+                    if {edge.child, edge.parent} == {other.table, self.policy.table}:
+                        self.hold_links.append((other, edge))
 
     # -- row sets --------------------------------------------------------------------------
     @property
@@ -137,13 +152,38 @@ class Plan:
             cond.append(self.pending(t))
         return sa.and_(*cond)
 
+    def _linked_hold(self, t: sa.FromClause, other: Policy, edge: Edge,
+                     columns: Sequence[str] | None = None) -> sa.ColumnElement[bool]:
+        """A row of ``other``'s table linked to the row of ``t`` by ``edge`` is held by ``other``'s
+        `exclude` (only the given columns of it, for the reasons). EXISTS: never unknown."""
+        h = self.schema.tables[other.table].alias()
+        if edge.child == self.policy.table:  # our row points at the held row
+            conds = [h.c[pc] == t.c[cc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        else:  # the held row points at ours
+            conds = [h.c[cc] == t.c[pc] for cc, pc in zip(edge.child_cols, edge.parent_cols, strict=True)]
+        wanted = other.exclude if columns is None else {c: other.exclude[c] for c in columns}
+        return sa.exists().where(*conds, sa.or_(*[_match(h, c, v) for c, v in wanted.items()]))
+
     def held_match(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        return sa.or_(*[_match(t, c, v) for c, v in self.policy.exclude.items()]) if self.policy.exclude else sa.false()
+        own = [_match(t, c, v) for c, v in self.policy.exclude.items()]
+        linked = [self._linked_hold(t, other, edge) for other, edge in self.hold_links]
+        return sa.or_(*own, *linked) if own or linked else sa.false()
 
     def not_held(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        if not self.policy.exclude:
-            return sa.true()
-        return sa.and_(*[_differs(t, c, v) for c, v in self.policy.exclude.items()])
+        own = [_differs(t, c, v) for c, v in self.policy.exclude.items()]
+        linked = [sa.not_(self._linked_hold(t, other, edge)) for other, edge in self.hold_links]
+        return sa.and_(*own, *linked) if own or linked else sa.true()
+
+    def hold_reasons(self, t: sa.FromClause) -> dict[str, sa.ColumnElement[bool]]:
+        """Per reason (``table.column`` of the hold flag), the rows it holds: the policy's own
+        `exclude` columns, and those of the policies whose holds follow links to this one."""
+        reasons: dict[str, list[sa.ColumnElement[bool]]] = {}
+        for c, v in self.policy.exclude.items():
+            reasons.setdefault(f"{self.policy.table}.{c}", []).append(_match(t, c, v))
+        for other, edge in self.hold_links:
+            for c in other.exclude:
+                reasons.setdefault(f"{other.table}.{c}", []).append(self._linked_hold(t, other, edge, [c]))
+        return {name: sa.or_(*conds) for name, conds in reasons.items()}
 
     def due(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         return sa.and_(self.past_term(t), self.not_held(t))
@@ -154,11 +194,7 @@ class Plan:
     # -- references ------------------------------------------------------------------------
     def blocking_edges(self) -> list[Edge]:
         """Foreign keys into the removed set from rows that are not removed with it."""
-        tree_edges = set(self.tree.values())
-        return [
-            e for m in self.members for e in self.schema.referencing(m)
-            if e not in tree_edges and e.child not in self.tree
-        ]
+        return blocking_edges(self.schema, self.policy, self.tree)
 
     def _owned(self, member: str, outer: sa.FromClause) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
         """An alias of a member table and the conditions tying its rows to the outer policy row."""
@@ -193,7 +229,7 @@ class Plan:
         return sa.false()
 
     def blocked(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
-        if self.policy.action != "delete":
+        if self.policy.action != "delete" or self.detaches:
             return sa.false()
         edges = self.blocking_edges()
         return sa.or_(*[self.referenced_by(e, t) for e in edges]) if edges else sa.false()
@@ -260,6 +296,42 @@ class Plan:
             sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
         )
 
+    def referencing_filter(self, edge: Edge, child: sa.FromClause,
+                           policy_keys: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[bool]]
+                           ) -> sa.ColumnElement[bool]:
+        """Rows of ``edge.child`` that point, through ``edge``, at a row removed with the policy
+        rows whose key passes ``policy_keys`` (the row itself, or one of its cascade rows)."""
+        parent = self.schema.tables[edge.parent]
+        if edge.parent == self.policy.table:
+            if len(edge.child_cols) == 1 and edge.parent_cols[0] == self.key.name:
+                return policy_keys(child.c[edge.child_cols[0]])
+            parent_filter = policy_keys(parent.c[self.key.name])
+        else:
+            parent_filter = self.owned_filter(edge.parent, parent, policy_keys)
+        if len(edge.child_cols) == 1:
+            return child.c[edge.child_cols[0]].in_(sa.select(parent.c[edge.parent_cols[0]]).where(parent_filter))
+        return sa.tuple_(*[child.c[c] for c in edge.child_cols]).in_(
+            sa.select(*[parent.c[c] for c in edge.parent_cols]).where(parent_filter)
+        )
+
+    @property
+    def detaches(self) -> bool:
+        return self.policy.action == "delete" and self.policy.on_referenced == "detach"
+
+    def _detach_columns(self) -> list[sa.ScalarSelect[Any]]:
+        """Per blocking edge, the kept rows that point at a due row and would be detached from it
+        (their foreign key set to NULL): rows not removed earlier in this run."""
+        t = self.table.alias("rt_d")
+        columns = []
+        for edge in self.blocking_edges():
+            member, conds = self._owned(edge.parent, t)
+            child = self.schema.tables[edge.child].alias("rt_dc")
+            pairs = zip(edge.child_cols, edge.parent_cols, strict=True)
+            conds = conds + [child.c[cc] == member.c[pc] for cc, pc in pairs]
+            conds.append(sa.not_(self.removed_earlier(edge.child, child)))
+            columns.append(sa.select(sa.func.count()).select_from(t).where(self.due(t), *conds).scalar_subquery())
+        return columns
+
     # -- counting ---------------------------------------------------------------------------
     def _choose_access(self, conn: sa.Connection, total: int) -> None:
         """On a range-blind database, probe the ``after`` index: when more than a fifth of the
@@ -278,7 +350,8 @@ class Plan:
     def count(self, conn: sa.Connection, cascade: bool = False) -> Counts:
         """Total, held, due and deferred rows (with reasons and how many to anonymise instead);
         with ``cascade``, also the cascade rows removing the removable rows takes with them
-        (``Counts.cascaded``, for the preview)."""
+        (``Counts.cascaded``, for the preview) and, with ``on_referenced: detach``, the rows that
+        would be detached (``Counts.detached``)."""
         t = self.table
         one = sa.literal(1)
         total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
@@ -289,13 +362,17 @@ class Plan:
 
         # One pass over the range the cut-off selects as stored. The readability check runs once
         # per row, and again only for held rows (held_match is tested first): an unreadable
-        # value in the range is kept and counted; of the rest, held or due.
-        unreadable, held = sa.not_(self.readable(t)), self.held_match(t)
+        # value in the range is kept and counted; of the rest, held (per hold reason) or due.
+        # Each hold condition (an EXISTS per link) is evaluated once per row in the held tally.
+        reasons = self.hold_reasons(t)
+        readable = self.readable(t)
+        unreadable, held = sa.not_(readable), self.held_match(t)
         row = conn.execute(
-            sa.select(sa.func.count(), tally(held), tally(unreadable), tally(sa.and_(held, unreadable)))
+            sa.select(sa.func.count(), tally(held), tally(unreadable), tally(sa.and_(held, unreadable)),
+                      *([tally(sa.and_(c, readable)) for c in reasons.values()] if len(reasons) > 1 else []))
             .select_from(t).where(self.past_term(t, readable=False))
         ).one()
-        in_range, held_all, bad, held_bad = (int(v) for v in row)
+        in_range, held_all, bad, held_bad = (int(v) for v in row[:4])
         # Also the values that sort after every date ('yesterday', infinity): a range on the
         # index, so that `unreadable` misses only malformed dates later than the cut-off.
         after = self.table.c[self.policy.after]
@@ -304,7 +381,24 @@ class Plan:
         ).scalar_one())
         counts = Counts(total=int(total), held=held_all - held_bad, due=in_range - held_all - (bad - held_bad),
                         deferred=0, unreadable=bad + beyond)
+        per_reason = [int(n) for n in row[4:]] if len(reasons) > 1 else [counts.held] * len(reasons)
+        counts.held_reasons = {name: n for name, n in zip(reasons, per_reason, strict=True) if n}
         edges = self.blocking_edges() if self.policy.action == "delete" else []
+        if self.detaches and edges and counts.due:
+            # Nothing is deferred: every due row goes, after the rows pointing at it are detached.
+            # Counted for the preview only: a real run reports the rows it detached.
+            if not cascade:
+                return counts
+            found = conn.execute(sa.select(*self._detach_columns(),
+                                           *(self._cascade_columns(self.due) if cascade else []))).one()
+            for edge, n in zip(edges, found, strict=False):
+                if n:
+                    name = f"{edge.child}.{','.join(edge.child_cols)}"
+                    counts.detached_columns[name] = counts.detached_columns.get(name, 0) + int(n)
+            counts.detached = sum(counts.detached_columns.values())
+            if cascade and self.tree:
+                counts.cascaded = {m: int(n) for m, n in zip(self.tree, found[len(edges):], strict=True)}
+            return counts
         if not edges or not counts.due:
             if cascade and self.tree:
                 found = conn.execute(sa.select(*self._cascade_columns(self.due))).one()
@@ -380,6 +474,10 @@ class Plan:
             keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
             if not keys:
                 break
+            if self.detaches:  # every due row goes (what points at it is detached first)
+                found += keys
+                last = keys[-1]
+                continue
             blocked = self.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=dialect))
             anonymise = self.policy.on_referenced == "anonymise"
             found += [k for k in keys if k not in blocked or (anonymise and blocked[k])]
@@ -405,6 +503,11 @@ class Counts:
     unreadable: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     cascaded: dict[str, int] = field(default_factory=dict)
+    # Past-term rows kept by a hold, per hold flag ("accounts.legal_hold"); a row may have several.
+    held_reasons: dict[str, int] = field(default_factory=dict)
+    # on_referenced: detach: kept rows whose foreign key is set to NULL, per "table.column".
+    detached: int = 0
+    detached_columns: dict[str, int] = field(default_factory=dict)
 
 
 def _jsonable(value: Any) -> Any:
@@ -413,6 +516,36 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (int, str, float)) or value is None:
         return value
     return str(value)
+
+
+def never_in_scope(table: sa.FromClause, policies: Sequence[Policy]) -> sa.ColumnElement[bool] | None:
+    """Rows of a policy table that no policy of the file on it will ever remove: outside the
+    `where` of every one of them, so their event can never make them due as the file stands
+    (an open ticket under `where: {status: closed}`). None when some policy has no `where`.
+
+    A NULL `after` is not counted: that event may still happen (a customer who has not
+    deregistered). The definition is deliberately this simple; docs/policy-file.md.
+    """
+    if not policies or any(not p.where for p in policies):
+        return None
+    # _match is never NULL, so the NOT of the conjunction is exact (a NULL column is out of scope).
+    return sa.and_(*[sa.not_(sa.and_(*[_match(table, c, v) for c, v in p.where.items()])) for p in policies])
+
+
+def uncovered_links(schema: Schema, policies: Sequence[Policy]) -> dict[str, list[Edge]]:
+    """Per policy table, the foreign keys pointing at it (or at its cascade tables) from tables
+    that no policy covers (neither a policy's table nor a cascade table): their rows, which may
+    hold personal data of the same person, have no end in the file."""
+    covered = {p.table for p in policies} | {c for p in policies for c in p.cascade}
+    out: dict[str, list[Edge]] = {}
+    for table in dict.fromkeys(p.table for p in policies):
+        # Only tables that point at a person's rows (orders at accounts); the tables a policy
+        # table points at are mostly lookups (products, countries).
+        members = {table} | {c for p in policies if p.table == table for c in p.cascade}
+        for e in schema.edges:
+            if e.parent in members and e.child not in covered:
+                out.setdefault(table, []).append(e)
+    return out
 
 
 def run_order(policies: Sequence[Policy], schemas: dict[str, Schema],

@@ -44,7 +44,12 @@ def _fate(intent: dict[str, Any], model: PolicyFile, connected: Connected) -> tu
     key = table.c[intent["key_column"]]
     cond = dialects.key_in(key, keys, engine.dialect.name)
     with engine.connect() as conn:
-        if intent.get("action") == "delete":
+        if intent.get("action") == "detach":
+            # Detached rows stay; the change was their foreign key set to NULL.
+            columns = [table.c[c] for c in intent.get("columns") or [] if c in table.c]
+            still = sa.or_(*[c.is_not(None) for c in columns]) if columns else sa.false()
+            left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond, still)).scalar_one()
+        elif intent.get("action") == "delete":
             left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one()
         else:
             policy = next((p for p in model.policies if p.name == intent.get("policy")), None)

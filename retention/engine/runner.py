@@ -29,7 +29,7 @@ from retention.databases import purge
 from retention.engine import monitor, recovery
 from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
-from retention.engine.planning import Counts, Plan, run_order
+from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
 from retention.engine.validation import Connected, connect_and_check
 from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
 from retention.logs import get_logger
@@ -66,6 +66,14 @@ class PolicyOutcome:
     anonymised: int = 0
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
+    held_reasons: dict[str, int] = field(default_factory=dict)
+    # Preview only: rows of the table no policy will ever remove (outside every `where`), and
+    # the tables pointing at it that no policy covers (docs/policy-file.md, "without an end").
+    no_end: int = 0
+    no_end_tables: list[str] = field(default_factory=list)
+    # on_referenced: detach: kept rows whose foreign key is (or would be) set to NULL.
+    detached: int = 0
+    detached_columns: dict[str, int] = field(default_factory=dict)
     total: int = 0
     status: str = "ok"
     sample: list[Any] = field(default_factory=list)
@@ -133,6 +141,8 @@ def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
     outcome.unreadable = counts.unreadable
     outcome.deferred_reasons = dict(counts.reasons)
+    outcome.held_reasons = dict(counts.held_reasons)
+    outcome.detached, outcome.detached_columns = counts.detached, dict(counts.detached_columns)
     outcome.total = counts.total
 
 
@@ -173,7 +183,8 @@ def execute_run(
             db = model.database_of(p)
             cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
             earlier = [q for q in plans if q.database == db]
-            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier))
+            holders = [q for q in model.policies if model.database_of(q) == db]
+            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
 
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
@@ -206,6 +217,8 @@ def execute_run(
                 with engine.connect() as conn:
                     counts = plan.count(conn, cascade=dry_run)
                     _set_counts(outcome, counts)
+                    if not dry_run:  # a real run reports the rows it detached, not the count's estimate
+                        outcome.detached, outcome.detached_columns = 0, {}
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
                     if share > plan.policy.max_fraction and not force:
                         plan.blocked_by_guard = True
@@ -218,6 +231,8 @@ def execute_run(
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
+                    if dry_run:
+                        _lifetime(outcome, plan, model, conn)
                     conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
@@ -229,6 +244,7 @@ def execute_run(
                     outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
                     outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
                     outcome.cascaded = applied.cascaded
+                    outcome.detached, outcome.detached_columns = applied.detached, applied.detached_columns
                     if applied.deleted or applied.anonymised:
                         touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
@@ -240,6 +256,8 @@ def execute_run(
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         unreadable=outcome.unreadable,
+                        detached=outcome.detached, detached_columns=outcome.detached_columns,
+                        held_reasons=outcome.held_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
@@ -284,6 +302,16 @@ def execute_run(
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _lifetime(outcome: PolicyOutcome, plan: Plan, model: PolicyFile, conn: sa.Connection) -> None:
+    on_table = [q for q in model.policies if model.database_of(q) == plan.database and q.table == plan.policy.table]
+    cond = never_in_scope(plan.table, on_table)
+    if cond is not None:
+        outcome.no_end = int(conn.execute(sa.select(sa.func.count()).select_from(plan.table).where(cond)).scalar_one())
+    same_db = [q for q in model.policies if model.database_of(q) == plan.database]
+    edges = uncovered_links(plan.schema, same_db).get(plan.policy.table, [])
+    outcome.no_end_tables = [f"{e.child}.{','.join(e.child_cols)}" for e in edges]
 
 
 def _first_line(exc: BaseException) -> str:

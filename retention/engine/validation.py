@@ -53,11 +53,14 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         warnings: list[str] = []
         for name in needed:
             mine = [p for p in policies if model.database_of(p) == name]
-            tables = {t for p in mine for t in (p.table, *p.cascade)}
+            # Every policy of the file on this database, selected or not: a cascade into another
+            # policy's table is refused, and holds follow links into the other policies' tables.
+            everyone = [p for p in model.policies if model.database_of(p) == name]
+            tables = {t for p in mine for t in (p.table, *p.cascade)} | {p.table for p in everyone}
             schema, missing = reflect(engines[name], tables)
             schemas[name] = schema
             for p in mine:
-                errs, warns = check_policy(schema, p, missing)
+                errs, warns = check_policy(schema, p, missing, everyone)
                 problems += [f"{locate(model, p, key)}: policy '{p.name}', key '{key}': {msg}" for key, msg in errs]
                 warnings += warns
             warnings += purge.storage_warnings(engines[name], name, model.databases[name].purge)
@@ -94,6 +97,36 @@ def unreadable_warning(engine: sa.Engine, schema: Schema, policy: Policy, first:
     shown = ", ".join(map(str, keys)) + (", ..." if count > len(keys) else "")
     return (f"policy '{policy.name}': {count} row(s) of {table.name} whose {after.name} is not a date "
             f"are never due (keys {shown}); correct them, or set them to NULL if the event never happened")
+
+
+def lifetime_warnings(model: PolicyFile, connected: Connected) -> list[str]:
+    """"No personal data without an end" (docs/policy-file.md): per policy table, the rows no
+    policy of the file will ever remove (outside every policy's `where`), and the tables
+    pointing at a policy table that no policy or cascade covers. Counts one query per table."""
+    from retention.engine.planning import never_in_scope, uncovered_links
+
+    out: list[str] = []
+    for name, schema in connected.schemas.items():
+        mine = [p for p in model.policies if model.database_of(p) == name]
+        for table in dict.fromkeys(p.table for p in mine):
+            if table not in schema.tables:
+                continue
+            on_table = [p for p in mine if p.table == table]
+            cond = never_in_scope(schema.tables[table], on_table)
+            if cond is None:
+                continue
+            with connected.engines[name].connect() as conn:
+                n = conn.execute(sa.select(sa.func.count()).select_from(schema.tables[table]).where(cond)).scalar_one()
+                conn.rollback()
+            if n:
+                wheres = "; ".join(f"'{p.name}' where {dict(p.where)}" for p in on_table)
+                out.append(f"{name}.{table}: {n} row(s) outside every policy's `where` ({wheres}): "
+                           "no policy will ever remove them as the file stands")
+        for table, edges in uncovered_links(schema, mine).items():
+            for e in edges:
+                out.append(f"{name}.{e.child} ({', '.join(e.child_cols)} -> {e.parent}) is covered by no policy or "
+                           f"cascade: its rows, linked to {table}, have no end in the file; give it a policy")
+    return out
 
 
 def _refuse_missing_sqlite_file(name: str, url: str) -> None:

@@ -16,7 +16,10 @@ from retention.policy.dates import ALIGNMENTS, Period, PeriodError, floor_shortf
 
 ACTIONS: tuple[str, ...] = ("delete", "anonymise")
 PURGE_LEVELS: tuple[str, ...] = ("none", "standard", "thorough")
-ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise")
+ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise", "detach")
+# linked: a row held by another policy's `exclude` also holds the rows of this policy linked to
+# it by a foreign key (either way); own: only this policy's own `exclude` holds its rows.
+HOLDS: tuple[str, ...] = ("linked", "own")
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -71,6 +74,9 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         out.append(("fields", "a delete policy takes no `fields` (they are only used with on_referenced: anonymise)"))
     if action == "delete" and on_referenced == "anonymise" and not fields:
         out.append(("fields", "on_referenced: anonymise needs `fields` to anonymise with"))
+    if action == "anonymise" and on_referenced == "detach":
+        out.append(("on_referenced", "detach deletes the row after detaching what references it: "
+                                     "only a delete policy detaches"))
     if action == "anonymise" and cascade:
         out.append(("cascade", "only a delete policy deletes child rows"))
     marker = values.get("marker")
@@ -155,6 +161,9 @@ class Policy(_Strict):
     where: dict[str, Any] = Field(default_factory=dict)
     cascade: list[str] = Field(default_factory=list)
     on_referenced: str = "defer"
+    # Extension: whether holds of other policies (their `exclude`) reach this policy's rows
+    # through foreign keys ("linked", the default) or only its own `exclude` holds ("own").
+    holds: str = "linked"
     # Extension: a column set to the run's moment when a row is anonymised, so that it is not
     # selected again. Without it, the `redact`/`null` fields tell an anonymised row apart.
     marker: str | None = None
@@ -197,6 +206,11 @@ class Policy(_Strict):
     @classmethod
     def _on_referenced(cls, v: Any) -> str:
         return _one_of(v, ON_REFERENCED, "on_referenced")
+
+    @field_validator("holds", mode="before")
+    @classmethod
+    def _holds(cls, v: Any) -> str:
+        return _one_of(v, HOLDS, "holds")
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:

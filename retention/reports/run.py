@@ -27,6 +27,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
+                "detached": o.detached, "detached_columns": o.detached_columns,
+                "held_reasons": o.held_reasons, "no_end": o.no_end, "no_end_tables": o.no_end_tables,
             }
             for o in result.policies
         ],
@@ -39,7 +41,7 @@ def render_json(result: RunResult) -> str:
 
 
 CSV_COLUMNS = ["run", "as_of", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
-               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status"]
+               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status", "detached"]
 
 
 def render_csv(result: RunResult) -> str:
@@ -49,7 +51,7 @@ def render_csv(result: RunResult) -> str:
     for o in result.policies:
         writer.writerow([result.run, result.as_of, str(result.dry_run).lower(), o.name, o.database, o.table,
                          o.action, o.basis or "", o.cutoff, o.due, o.held, o.deferred, o.applied, o.anonymised,
-                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status])
+                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status, o.detached])
     return out.getvalue()
 
 
@@ -63,15 +65,26 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
             lines.append(f"  with {count} row(s) of {child}")
     else:
         lines.append(f"{o.due} row(s) of {o.table} {will} anonymised")
+    for column, count in o.detached_columns.items():
+        table, _, cols = column.partition(".")
+        lines.append(f"  {count} row(s) of {table} pointing at them {will} detached first "
+                     f"({cols} set to NULL; those rows are kept)")
     if o.deferred:
         reasons = ", ".join(f"{n} still referenced by {t}" for t, n in o.deferred_reasons.items())
         lines.append(f"{o.deferred} row(s) kept for now: {reasons or 'still referenced'}")
         if o.fields and o.action == "delete":
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
-        lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)")
+        why = ", ".join(f"{n} by {flag}" for flag, n in o.held_reasons.items())
+        lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)" + (f": {why}" if why else ""))
     if o.unreadable:
         lines.append(f"{o.unreadable} row(s) kept: their `after` value is not a date (`retention validate` lists them)")
+    if o.no_end:
+        lines.append(f"! {o.no_end} row(s) of {o.table} are outside every policy's `where`: "
+                     "no policy will ever remove them")
+    for link in o.no_end_tables:
+        lines.append(f"! {link.partition('.')[0]} points at {o.table} ({link}) and no policy covers it: "
+                     "its rows have no end")
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
     return lines

@@ -1,0 +1,105 @@
+"""Holds follow foreign keys: a row kept by one policy's `exclude` also keeps the rows of the
+file's other policies that it references or that reference it (one link), unless a policy
+says `holds: own`. Counted as `held` with the hold flag as the reason (`held_reasons`), in the
+preview and the run alike; what stays is checked in plain SQL, on every database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from helpers import ids, run_cli, snapshot, write_policies
+
+if TYPE_CHECKING:
+    from conftest import TestDatabase
+
+OLD = dt.datetime(2019, 5, 1, 12, 0)  # past every term below at AS_OF (2026-11-24)
+
+ACCOUNTS = {"name": "accounts", "table": "accounts", "after": "left_at", "retain": "1 year", "action": "delete",
+            "on_referenced": "detach", "exclude": {"legal_hold": True}, "max_fraction": 1.0}
+INVOICES = {"name": "invoices", "table": "invoices", "after": "issued_at", "retain": "3 years", "action": "delete",
+            "max_fraction": 1.0}
+TICKETS = {"name": "tickets", "table": "tickets", "after": "closed_at", "retain": "1 year", "action": "delete",
+           "exclude": {"legal_hold": True}, "max_fraction": 1.0}
+
+
+def _schema(engine: sa.Engine) -> None:
+    md = sa.MetaData()
+    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    invoices = sa.Table("invoices", md, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
+                        sa.Column("issued_at", sa.DateTime, nullable=False, index=True))
+    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
+                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [
+            {"id": 1, "left_at": OLD, "legal_hold": True},   # held itself
+            {"id": 2, "left_at": OLD, "legal_hold": False},  # held through its held ticket 200
+            {"id": 3, "left_at": OLD, "legal_hold": None},   # a NULL flag is no hold: goes
+        ])
+        conn.execute(invoices.insert(), [
+            {"id": 10, "account_id": 1, "issued_at": OLD},  # its account is held: held
+            {"id": 20, "account_id": 2, "issued_at": OLD},  # account 2 is held only through a link: goes
+            {"id": 30, "account_id": 3, "issued_at": OLD},  # goes
+        ])
+        conn.execute(tickets.insert(), [
+            {"id": 100, "account_id": 1, "closed_at": OLD, "legal_hold": False},  # its account is held: held
+            {"id": 200, "account_id": 2, "closed_at": OLD, "legal_hold": True},   # held itself
+            {"id": 300, "account_id": 3, "closed_at": OLD, "legal_hold": False},  # goes
+        ])
+
+
+def test_a_hold_keeps_the_rows_linked_to_it_in_other_policies(db: TestDatabase, tmp_path: Path) -> None:
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, INVOICES, TICKETS])
+    held_rows = {
+        "accounts": {1, 2}, "invoices": {10}, "tickets": {100, 200},
+    }
+    before = snapshot(db.engine)
+
+    preview = run_cli(policy, "--dry-run")
+    assert preview.exit_code == 0, preview
+    run = run_cli(policy)
+    assert run.exit_code == 0, run
+    for result in (preview, run):
+        accounts, invoices, tickets = (result.policy(n) for n in ("accounts", "invoices", "tickets"))
+        assert (accounts["held"], accounts["due"]) == (2, 1)
+        assert accounts["held_reasons"] == {"accounts.legal_hold": 1, "tickets.legal_hold": 1}
+        assert (invoices["held"], invoices["due"]) == (1, 2)
+        assert invoices["held_reasons"] == {"accounts.legal_hold": 1}
+        assert (tickets["held"], tickets["due"]) == (2, 1)
+        assert tickets["held_reasons"] == {"tickets.legal_hold": 1, "accounts.legal_hold": 1}
+
+    after = snapshot(db.engine)
+    for table, keep in held_rows.items():
+        assert set(after[table]) == keep, table
+        assert {k: after[table][k] for k in keep} == {k: before[table][k] for k in keep}, table  # untouched
+    assert ids(db.engine, "SELECT id FROM accounts") == {1, 2}
+
+
+def test_holds_own_opts_a_policy_out_of_linked_holds(db: TestDatabase, tmp_path: Path) -> None:
+    _schema(db.engine)
+    own = {**INVOICES, "holds": "own"}
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, own, TICKETS])
+    result = run_cli(policy)
+    assert result.exit_code == 0, result
+    assert (result.policy("invoices")["held"], result.policy("invoices")["applied"]) == (0, 3)
+    assert ids(db.engine, "SELECT id FROM invoices") == set()
+    # The other policies still follow links.
+    assert ids(db.engine, "SELECT id FROM tickets") == {100, 200}
+
+
+def test_a_hold_of_a_policy_not_selected_still_holds(db: TestDatabase, tmp_path: Path) -> None:
+    """`--policy invoices`: the accounts policy does not run, but its hold is still a hold."""
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, INVOICES, TICKETS])
+    result = run_cli(policy, "--policy", "invoices")
+    assert result.exit_code == 0, result
+    assert (result.policy("invoices")["held"], result.policy("invoices")["applied"]) == (1, 2)
+    assert ids(db.engine, "SELECT id FROM invoices") == {10}
