@@ -41,6 +41,7 @@ SHOP_POLICIES: list[dict[str, Any]] = [
         "cascade": ["orders"],
         "on_referenced": "anonymise",
         "exclude": {"legal_hold": True},
+        "keep": {"created_at": "shop statistics", "legal_hold": "false on every anonymised row"},
         "fields": {
             "first_name": "fake.first_name",
             "last_name": "fake.last_name",
