@@ -354,4 +354,4 @@ def test_the_shipped_policies_validate_against_the_demo_database(tmp_path: Path,
     assert result.stdout.startswith(f"{SHIPPED}: ")
     lines = result.stdout.splitlines()
     assert lines[0] == f"{SHIPPED}: 3 policies OK"
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["accounts", "invoices", "correspondence"]
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == ["accounts", "invoices", "correspondence"]

@@ -39,6 +39,8 @@ class PolicyRow:
     retain: str | None = None
     align: str | None = None
     duration_s: float | None = None
+    # policy.end's re-identification check (anonymising policies): k, below_k, linkable, rows, ...
+    reidentification: dict[str, Any] | None = None
 
     def split(self) -> tuple[int, int]:
         """(rows deleted, rows anonymised): `applied` counts both, `anonymised` is its share."""
@@ -154,6 +156,8 @@ def summarise(
                 setattr(row, name, e.get(name))
             row.cascaded = dict(e.get("cascaded") or {})
             row.deferred_reasons = dict(e.get("deferred_reasons") or {})
+            reid = e.get("reidentification")
+            row.reidentification = dict(reid) if isinstance(reid, dict) else None
         elif event == "purge":
             summary.purges.append({k: e.get(k) for k in PURGE_FIELDS})
         elif event == "run.end":
@@ -222,7 +226,21 @@ def _notes(r: PolicyRow) -> list[str]:
         notes.append(f"deferred, still referenced from: {reasons}")
     if r.anonymised and r.action != "anonymise":
         notes.append(f"anonymised instead of deleted: {r.anonymised:,}")
+    if r.reidentification is not None:
+        notes.append(reidentification_note(r.reidentification))
     return notes
+
+
+def reidentification_note(reid: dict[str, Any]) -> str:
+    """What the check proved about the anonymised rows, in numbers an inspector can re-compute."""
+    rows = reid.get("rows") or 0
+    if not rows:
+        return "re-identification check: no anonymised rows"
+    qi = ", ".join(reid.get("quasi_identifiers") or []) or "no kept column"
+    verdict = "passed" if reid.get("passed") else "FAILED"
+    return (f"re-identification check {verdict}: {rows:,} anonymised rows; smallest group sharing {qi}: "
+            f"k = {reid.get('k')} (needed {reid.get('k_anonymity')}); {reid.get('below_k', 0):,} in smaller "
+            f"groups; {reid.get('linkable', 0):,} still linked by a foreign key to kept personal data")
 
 
 def _purge_line(p: dict[str, Any]) -> str:
@@ -275,6 +293,7 @@ def render_json(runs: Sequence[RunSummary]) -> str:
 CSV_COLUMNS = (
     "run", "started", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
     "due", "held", "deferred", "applied", "anonymised", "status", "cascaded", "run_status",
+    "k", "below_k", "linkable",
 )  # fmt: skip
 
 
@@ -293,7 +312,9 @@ def render_csv(runs: Sequence[RunSummary]) -> str:
         common = {"run": s.run, "started": s.started, "dry_run": str(s.dry_run).lower(), "run_status": s.status}
         # A run that stopped before any policy is still a row: the inspector must see it.
         for r in s.policies or [PolicyRow(policy="", status="")]:
-            values = asdict(r) | {"cascaded": sum(r.cascaded.values())} | common
+            reid = r.reidentification or {}
+            values = asdict(r) | {"cascaded": sum(r.cascaded.values())} | common \
+                | {k: reid.get(k) for k in ("k", "below_k", "linkable")}
             writer.writerow([_cell(values.get(name)) for name in CSV_COLUMNS])
     return buf.getvalue()
 

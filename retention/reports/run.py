@@ -27,6 +27,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
+                **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
+                "warnings": o.warnings,
             }
             for o in result.policies
         ],
@@ -39,7 +41,7 @@ def render_json(result: RunResult) -> str:
 
 
 CSV_COLUMNS = ["run", "as_of", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
-               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status"]
+               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status", "k", "below_k", "linkable"]
 
 
 def render_csv(result: RunResult) -> str:
@@ -47,9 +49,11 @@ def render_csv(result: RunResult) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for o in result.policies:
+        reid = o.reidentification or {}
         writer.writerow([result.run, result.as_of, str(result.dry_run).lower(), o.name, o.database, o.table,
                          o.action, o.basis or "", o.cutoff, o.due, o.held, o.deferred, o.applied, o.anonymised,
-                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status])
+                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status,
+                         *[("" if reid.get(key) is None else reid[key]) for key in ("k", "below_k", "linkable")]])
     return out.getvalue()
 
 
@@ -75,6 +79,21 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     return lines
 
 
+def reidentification_lines(reid: dict[str, Any]) -> list[str]:
+    """The check in words, with its numbers (shared with `validate`)."""
+    if not reid.get("rows"):
+        return ["re-identification: no anonymised rows (after this run) to check"]
+    qi = ", ".join(reid.get("quasi_identifiers") or []) or "no column"
+    verdict = "passes" if reid.get("passed") else "FAILS"
+    links = ", ".join(f"{n} via {t}" for t, n in (reid.get("links") or {}).items())
+    return [
+        f"re-identification ({verdict}): of {reid['rows']} anonymised row(s) after this run, the smallest group "
+        f"sharing {qi} has k = {reid['k']} row(s) (needed: {reid['k_anonymity']});",
+        f"  {reid['below_k']} row(s) in smaller groups; {reid['linkable']} still linked by a foreign key to "
+        f"kept personal data" + (f" ({links})" if links else ""),
+    ]
+
+
 def render_text(result: RunResult) -> str:
     title = "PREVIEW (dry run): nothing was changed" if result.dry_run else "Retention run"
     lines = [f"{title}", f"run {result.run}, as of {result.as_of}", ""]
@@ -94,10 +113,13 @@ def render_text(result: RunResult) -> str:
         lines.append(f"   counts:  due {o.due}, held {o.held}, deferred {o.deferred}, applied {o.applied}"
                      + (f" (of {o.total} rows)" if o.total else ""))
         lines += [f"   {line}" for line in _what_happens(o, result.dry_run)]
+        if o.reidentification is not None:
+            lines += [f"   {line}" for line in reidentification_lines(o.reidentification)]
         if o.sample:
             lines.append(f"   first keys: {', '.join(map(str, o.sample))}")
         if o.error:
             lines.append(f"   ! {o.error}")
+        lines += [f"   ! {w}" for w in o.warnings]
         lines.append("")
     for p in result.purges:
         lines.append(f"purge {p.get('database')}: {p.get('level')} -> {p.get('result')}: {p.get('detail', '')}")

@@ -1,0 +1,203 @@
+"""The re-identification check: what an anonymise policy's rows would look like to someone
+trying to find a person in them, measured in SQL before anything is written.
+
+For each policy that anonymises, over **every** row it has anonymised (earlier runs) or will
+anonymise tonight, with the values those rows will hold once tonight's run is done:
+
+- ``k``: the size of the smallest group of such rows that share the same values in every
+  *quasi-identifier*, and ``below_k``: how many rows sit in groups smaller than the policy's
+  ``k_anonymity`` (default 5). One row alone in its group can be singled out by whoever knows
+  those values about a person (when they deregistered, the year they were born).
+- ``linkable``: how many of the rows are still joined by a foreign key to a row that is kept
+  and holds personal data (an invoice with the customer's name pointing at the anonymised
+  account; an anonymised order still pointing at a live account). Such a row is not
+  anonymous: the join gives the person back.
+
+The quasi-identifiers are the columns that keep information from the old row: every ``keep``
+column, every generalised field (at its generalised value), and the ``after`` column (as
+stored, or generalised when it is in ``fields``). Not counted: columns set to NULL, to a
+constant (``redact``) or to a fresh fake (they say nothing about the row they replaced), the
+key (a surrogate; what it links to is ``linkable``), and the ``marker`` (see the docs: it
+tells the night a row was anonymised).
+
+Personal columns of a table: the file's ``personal`` list for it, and the columns any
+anonymising policy names in ``fields``. A row holds personal data when one of them is not
+NULL and the row is not (or will not be, tonight) anonymised by its own table's policy.
+
+Rows "to be anonymised tonight" are the ones the run would anonymise: due and not held for
+``action: anonymise``; due, not held and still referenced for ``on_referenced: anonymise``.
+Every generalisation is idempotent, so one expression gives the future value of old and new
+rows alike, and one GROUP BY computes ``k``. A policy that fails (``below_k > 0`` or
+``linkable > 0``) is blocked before its first batch (exit 3) unless it says
+``reidentification: warn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from retention.anonymisation.strategies import Generalise
+from retention.databases import dialects
+from retention.engine.planning import _in_term_end as in_term_end
+from retention.engine.planning import _match as match
+
+if TYPE_CHECKING:
+    from retention.engine.planning import Plan
+
+Personal = Callable[[str], list[str]]
+
+
+@dataclass
+class Reidentification:
+    rows: int
+    k: int | None
+    below_k: int
+    linkable: int
+    k_anonymity: int
+    quasi_identifiers: list[str] = field(default_factory=list)
+    links: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.below_k == 0 and self.linkable == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the JSON output and ``policy.end``: integers, names and a verdict, never a value."""
+        return {"k": self.k, "below_k": self.below_k, "linkable": self.linkable, "rows": self.rows,
+                "k_anonymity": self.k_anonymity, "quasi_identifiers": list(self.quasi_identifiers),
+                "links": dict(self.links), "passed": self.passed}
+
+    def summary(self) -> str:
+        if not self.rows:
+            return "no anonymised rows"
+        qi = ", ".join(self.quasi_identifiers) or "nothing"
+        return (f"k = {self.k} (needs {self.k_anonymity}) on {qi}; {self.below_k} of {self.rows} anonymised "
+                f"row(s) in smaller groups; {self.linkable} still linked to personal data")
+
+    def failure(self) -> str:
+        reasons = []
+        if self.below_k:
+            reasons.append(f"{self.below_k} of {self.rows} anonymised row(s) share their "
+                           f"{', '.join(self.quasi_identifiers) or 'values'} with fewer than "
+                           f"{self.k_anonymity - 1} other(s) (k = {self.k}, k_anonymity {self.k_anonymity})")
+        if self.linkable:
+            via = ", ".join(f"{n} via {t}" for t, n in self.links.items())
+            reasons.append(f"{self.linkable} still linked by a foreign key to kept rows holding personal data ({via})")
+        return "re-identification check failed: " + "; ".join(reasons)
+
+
+def quasi_identifiers(plan: Plan, t: sa.FromClause, dialect: str) -> list[tuple[str, sa.ColumnElement[Any]]]:
+    """(column, its value once anonymised) for each column that keeps information, in table order."""
+    policy = plan.policy
+    fields = plan.strategies
+    out: list[tuple[str, sa.ColumnElement[Any]]] = []
+    for col in plan.table.c:
+        name = col.name
+        strategy = fields.get(name)
+        if isinstance(strategy, Generalise):
+            out.append((name, dialects.generalise(t.c[name], strategy.grain, dialect, strategy.step)))
+        elif strategy is None and (name in policy.keep or name == policy.after):
+            out.append((name, t.c[name]))
+    return out
+
+
+def anonymised_after_run(plan: Plan, t: sa.FromClause) -> sa.ColumnElement[bool]:
+    """Rows of ``t`` that the policy has anonymised, or will anonymise in this run."""
+    policy = plan.policy
+    after = t.c[policy.after]
+    # Past the term and in scope: Plan.past_term without its "still to anonymise" condition.
+    base = [after.is_not(None), in_term_end(after, plan.table.c[policy.after], plan.cutoff),
+            *[match(t, c, v) for c, v in policy.where.items()]]
+    done = sa.not_(plan.pending(t))
+    if policy.action == "anonymise":
+        tonight: sa.ColumnElement[bool] = plan.not_held(t)
+    else:
+        tonight = sa.and_(plan.not_held(t), plan.blocked(t))
+    if plan.blocked_by_guard:
+        tonight = sa.false()
+    return sa.and_(*base, sa.or_(done, tonight))
+
+
+def _anonymise_plans(plans: Sequence[Plan], plan: Plan, table: str) -> list[Plan]:
+    return [p for p in plans if p.database == plan.database and p.policy.table == table and p.policy.anonymises]
+
+
+def _holds_personal(plan: Plan, plans: Sequence[Plan], table: str, alias: sa.FromClause,
+                    personal: Personal) -> sa.ColumnElement[bool] | None:
+    cols = [c for c in personal(table) if c in alias.c]
+    if not cols:
+        return None
+    cond: list[sa.ColumnElement[bool]] = [sa.or_(*[alias.c[c].is_not(None) for c in cols])]
+    for other in _anonymise_plans(plans, plan, table):
+        if other.policy.fields:
+            cond.append(sa.not_(anonymised_after_run(other, alias)))
+    return sa.and_(*cond)
+
+
+def _links(plan: Plan, plans: Sequence[Plan], t: sa.FromClause,
+           personal: Personal) -> list[tuple[str, sa.ColumnElement[bool]]]:
+    """(table, condition) per foreign key that joins an anonymised row to kept personal data."""
+    schema, table = plan.schema, plan.policy.table
+    fields = plan.policy.fields or {}
+    out: list[tuple[str, sa.ColumnElement[bool]]] = []
+    for edge in schema.edges:
+        if edge.child == edge.parent or (edge.parent != table and edge.child != table):
+            continue
+        if edge.parent == table:  # a row elsewhere points at the anonymised row
+            other_name, mine, theirs = edge.child, edge.parent_cols, edge.child_cols
+        else:  # the anonymised row points elsewhere, unless its foreign key is anonymised too
+            if any(c in fields for c in edge.child_cols):
+                continue
+            other_name, mine, theirs = edge.parent, edge.child_cols, edge.parent_cols
+        if other_name not in schema.tables:
+            continue
+        other = schema.tables[other_name].alias(f"rt_link_{len(out)}")
+        holds = _holds_personal(plan, plans, other_name, other, personal)
+        if holds is None:
+            continue
+        conds = [other.c[o] == t.c[m] for m, o in zip(mine, theirs, strict=True)]
+        if edge.parent == table:
+            conds.append(sa.not_(plan.removed_earlier(other_name, other)))
+        out.append((other_name, sa.exists().where(*conds, holds)))
+    return out
+
+
+def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Personal) -> Reidentification:
+    """The check for one anonymising policy, in the caller's (read-only or not yet written) transaction.
+
+    Two statements: one GROUP BY over the quasi-identifiers (``k``, ``below_k``, ``rows``) and
+    one count with an EXISTS per linking foreign key (``linkable`` and per table).
+    """
+    t = plan.table
+    dialect = conn.dialect.name
+    threshold = plan.policy.k_anonymity
+    qis = quasi_identifiers(plan, t, dialect)
+    member = anonymised_after_run(plan, t)
+    exprs = [e.label(f"rt_q{i}") for i, (_n, e) in enumerate(qis)]
+    groups = (sa.select(sa.func.count().label("n"), *exprs).select_from(t).where(member)
+              .group_by(*[e for _n, e in qis]).subquery("rt_groups")) if qis else \
+        sa.select(sa.func.count().label("n")).select_from(t).where(member).subquery("rt_groups")
+    n = groups.c.n
+    k, below, rows = conn.execute(sa.select(
+        sa.func.min(n),
+        sa.func.coalesce(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(n), 0),
+    ).select_from(groups)).one()
+    links = _links(plan, plans, t, personal)
+    linkable, per_table = 0, {}
+    if links and rows:
+        one = sa.literal(1)
+        tallies = [sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0) for _name, cond in links]
+        found = conn.execute(sa.select(
+            sa.func.count(), *tallies).select_from(t).where(member, sa.or_(*[c for _n, c in links]))).one()
+        linkable = int(found[0])
+        for (name, _c), count in zip(links, found[1:], strict=True):
+            if count:
+                per_table[name] = per_table.get(name, 0) + int(count)
+    return Reidentification(rows=int(rows), k=None if k is None else int(k), below_k=int(below),
+                            linkable=linkable, k_anonymity=threshold, quasi_identifiers=[q for q, _e in qis],
+                            links=per_table)
