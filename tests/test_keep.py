@@ -49,7 +49,8 @@ def create_clients(engine: sa.Engine) -> None:
 def clients_policy(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "name": "clients", "table": "clients", "after": "left_at", "retain": "24 months", "action": "anonymise",
-        "fields": {"name": "redact", "city": None}, "exclude": {"on_hold": True}, "marker": "anonymised_at",
+        "fields": {"name": "redact", "city": None, "left_at": "generalise.year"}, "exclude": {"on_hold": True},
+        "marker": "anonymised_at",
         "keep": {"segment": "the same for every client of this shop", "on_hold": "false on anonymised rows"},
         "max_fraction": 1.0,
     }

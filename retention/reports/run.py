@@ -60,6 +60,10 @@ def render_csv(result: RunResult) -> str:
 def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     will = "would be" if dry_run else "were"
     lines = []
+    if o.status == "blocked":
+        lines.append("BLOCKED: nothing of this policy " + ("would be" if dry_run else "was")
+                     + " changed; had it run:")
+        will = "would have been"
     if o.action == "delete":
         n = o.due - o.deferred
         lines.append(f"{n} row(s) {will} deleted from {o.table}")
@@ -70,7 +74,7 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     if o.deferred:
         reasons = ", ".join(f"{n} still referenced by {t}" for t, n in o.deferred_reasons.items())
         lines.append(f"{o.deferred} row(s) kept for now: {reasons or 'still referenced'}")
-        if o.fields and o.action == "delete":
+        if o.fields and o.action == "delete" and o.status != "blocked":
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
         lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)")
