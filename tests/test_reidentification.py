@@ -335,3 +335,22 @@ def test_audit_show_renders_the_check_with_its_numbers(sqlite_db: TestDatabase, 
     page = invoke(["--policies", str(pf), "audit", "show", "--format", "html"]).stdout
     assert "Re-identification (latest)" in page and "FAILED" in page and "k = 1 (needed 5)" in page
     assert "Re-identification check</dt>" in page
+
+
+def test_on_referenced_anonymise_counts_the_rows_that_stay_anonymised(db: TestDatabase, tmp_path: Path) -> None:
+    """A delete policy anonymises only the due rows still referenced; an earlier-anonymised row that
+    nothing references any more is deleted tonight, so it is not in the set the check measures."""
+    create_shop(db.engine, [(1970, "1234")] * 6, invoices=[(i, None) for i in range(1, 6)])
+    with db.engine.begin() as conn:  # customer 6 was anonymised by an earlier run; its invoice is gone
+        conn.execute(sa.text(f"UPDATE customers SET name = '{REDACTED}' WHERE id = 6"))
+    policy = customers_policy(action="delete", on_referenced="anonymise")
+    pf = write(tmp_path, db, policy, personal={"invoices": ["customer_name"]})
+    referenced = int(scalar(db.engine, "SELECT COUNT(*) FROM customers c WHERE EXISTS "
+                                       "(SELECT 1 FROM invoices i WHERE i.customer_id = c.id)"))
+    assert referenced == 5
+    preview = run_cli(pf, "--dry-run")
+    assert (reid(preview)["rows"], reid(preview)["k"], reid(preview)["linkable"]) == (referenced, 5, 0)
+    result = run_cli(pf)
+    assert result.exit_code == 0, result
+    assert int(scalar(db.engine, f"SELECT COUNT(*) FROM customers WHERE name = '{REDACTED}'")) == referenced
+    assert expected_k(db, 5, where=f"name = '{REDACTED}'") == (5, 0, referenced)

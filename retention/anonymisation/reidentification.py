@@ -113,13 +113,14 @@ def anonymised_after_run(plan: Plan, t: sa.FromClause) -> sa.ColumnElement[bool]
     base = [after.is_not(None), in_term_end(after, plan.table.c[policy.after], plan.cutoff),
             *[match(t, c, v) for c, v in policy.where.items()]]
     done = sa.not_(plan.pending(t))
+    if plan.blocked_by_guard:  # nothing of the policy happens tonight
+        return sa.and_(*base, done)
     if policy.action == "anonymise":
-        tonight: sa.ColumnElement[bool] = plan.not_held(t)
-    else:
-        tonight = sa.and_(plan.not_held(t), plan.blocked(t))
-    if plan.blocked_by_guard:
-        tonight = sa.false()
-    return sa.and_(*base, sa.or_(done, tonight))
+        # Held rows keep what they have; every other row is (or becomes) anonymised.
+        return sa.and_(*base, sa.or_(done, plan.not_held(t)))
+    # A delete policy: a due row still referenced is (or becomes) anonymised, one referenced no
+    # more is deleted tonight, even if an earlier run anonymised it; a held row keeps what it has.
+    return sa.and_(*base, sa.or_(sa.and_(plan.not_held(t), plan.blocked(t)), sa.and_(plan.held_match(t), done)))
 
 
 def _anonymise_plans(plans: Sequence[Plan], plan: Plan, table: str) -> list[Plan]:
