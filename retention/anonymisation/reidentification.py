@@ -170,35 +170,43 @@ def _links(plan: Plan, plans: Sequence[Plan], t: sa.FromClause,
 def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Personal) -> Reidentification:
     """The check for one anonymising policy, in the caller's (read-only or not yet written) transaction.
 
-    Two statements: one GROUP BY over the quasi-identifiers (``k``, ``below_k``, ``rows``) and
-    one count with an EXISTS per linking foreign key (``linkable`` and per table).
+    One statement: the rows with their quasi-identifiers and a flag per linking foreign key (an
+    EXISTS that finds kept personal data), one GROUP BY over the quasi-identifiers, and the
+    sums over the groups (``k``, ``below_k``, ``rows``, ``linkable`` and per table).
     """
     t = plan.table
     dialect = conn.dialect.name
     threshold = plan.policy.k_anonymity
     qis = quasi_identifiers(plan, t, dialect)
     member = anonymised_after_run(plan, t)
-    exprs = [e.label(f"rt_q{i}") for i, (_n, e) in enumerate(qis)]
-    groups = (sa.select(sa.func.count().label("n"), *exprs).select_from(t).where(member)
-              .group_by(*[e for _n, e in qis]).subquery("rt_groups")) if qis else \
-        sa.select(sa.func.count().label("n")).select_from(t).where(member).subquery("rt_groups")
-    n = groups.c.n
-    k, below, rows = conn.execute(sa.select(
-        sa.func.min(n),
-        sa.func.coalesce(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
-        sa.func.coalesce(sa.func.sum(n), 0),
-    ).select_from(groups)).one()
     links = _links(plan, plans, t, personal)
-    linkable, per_table = 0, {}
-    if links and rows:
-        one = sa.literal(1)
-        tallies = [sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0) for _name, cond in links]
-        found = conn.execute(sa.select(
-            sa.func.count(), *tallies).select_from(t).where(member, sa.or_(*[c for _n, c in links]))).one()
-        linkable = int(found[0])
-        for (name, _c), count in zip(links, found[1:], strict=True):
-            if count:
-                per_table[name] = per_table.get(name, 0) + int(count)
-    return Reidentification(rows=int(rows), k=None if k is None else int(k), below_k=int(below),
-                            linkable=linkable, k_anonymity=threshold, quasi_identifiers=[q for q, _e in qis],
+    one, zero = sa.literal_column("1"), sa.literal_column("0")
+    # Per row, one flag per linking foreign key (a row with no link evaluates every EXISTS
+    # anyway, so flags cost no more than one OR) and whether any of them is set.
+    flags = [sa.case((cond, one), else_=zero) for _n, cond in links]
+    inner = (sa.select(*[e.label(f"rt_q{i}") for i, (_n, e) in enumerate(qis)],
+                       *[f.label(f"rt_l{i}") for i, f in enumerate(flags)])
+             .select_from(t).where(member).subquery("rt_rows"))
+    row_flags = [inner.c[f"rt_l{i}"] for i in range(len(flags))]
+    linked = sa.case((sa.or_(*[f == 1 for f in row_flags]), one), else_=zero) if row_flags else zero
+    groups = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
+                        *[sa.func.sum(f).label(f"rt_s{i}") for i, f in enumerate(row_flags)])
+              .select_from(inner).group_by(*[inner.c[f"rt_q{i}"] for i in range(len(qis))])
+              .subquery("rt_groups"))
+    n = groups.c.n
+    total = sa.func.coalesce
+    found = conn.execute(sa.select(
+        sa.func.min(n),
+        total(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
+        total(sa.func.sum(n), 0),
+        total(sa.func.sum(groups.c.l), 0),
+        *[total(sa.func.sum(groups.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
+    ).select_from(groups)).one()
+    k, below, rows, linkable = found[:4]
+    per_table: dict[str, int] = {}
+    for (name, _c), count in zip(links, found[4:], strict=True):
+        if count:
+            per_table[name] = per_table.get(name, 0) + int(count)
+    return Reidentification(rows=int(rows), k=int(k) if rows else None, below_k=int(below),
+                            linkable=int(linkable), k_anonymity=threshold, quasi_identifiers=[q for q, _e in qis],
                             links=per_table)
