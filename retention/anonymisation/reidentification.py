@@ -139,12 +139,30 @@ def _holds_personal(plan: Plan, plans: Sequence[Plan], table: str, alias: sa.Fro
     return sa.and_(*cond)
 
 
-def _links(plan: Plan, plans: Sequence[Plan], t: sa.FromClause,
-           personal: Personal) -> list[tuple[str, sa.ColumnElement[bool]]]:
-    """(table, condition) per foreign key that joins an anonymised row to kept personal data."""
+@dataclass
+class _Link:
+    """One foreign key joining the policy's rows to rows of ``table`` that hold personal data:
+    ``keys`` is the distinct key values of those rows, to be outer-joined on ``on``."""
+
+    table: str
+    keys: sa.Subquery
+    on: sa.ColumnElement[bool]
+    exists: sa.ColumnElement[bool]
+
+    @property
+    def found(self) -> sa.ColumnElement[bool]:
+        return self.keys.c.rt_k0.is_not(None)
+
+
+def _links(plan: Plan, plans: Sequence[Plan], t: sa.FromClause, personal: Personal) -> list[_Link]:
+    """Every foreign key, either direction, that joins an anonymised row to kept personal data.
+
+    Both as distinct keys to outer-join and as an EXISTS per row; :func:`dialects.joins_links`
+    chooses.
+    """
     schema, table = plan.schema, plan.policy.table
     fields = plan.policy.fields or {}
-    out: list[tuple[str, sa.ColumnElement[bool]]] = []
+    out: list[_Link] = []
     for edge in schema.edges:
         if edge.child == edge.parent or (edge.parent != table and edge.child != table):
             continue
@@ -156,14 +174,18 @@ def _links(plan: Plan, plans: Sequence[Plan], t: sa.FromClause,
             other_name, mine, theirs = edge.parent, edge.child_cols, edge.parent_cols
         if other_name not in schema.tables:
             continue
-        other = schema.tables[other_name].alias(f"rt_link_{len(out)}")
+        other = schema.tables[other_name].alias(f"rt_other_{len(out)}")
         holds = _holds_personal(plan, plans, other_name, other, personal)
         if holds is None:
             continue
-        conds = [other.c[o] == t.c[m] for m, o in zip(mine, theirs, strict=True)]
+        conds = [holds, *[other.c[o].is_not(None) for o in theirs]]
         if edge.parent == table:
             conds.append(sa.not_(plan.removed_earlier(other_name, other)))
-        out.append((other_name, sa.exists().where(*conds, holds)))
+        keys = (sa.select(*[other.c[o].label(f"rt_k{j}") for j, o in enumerate(theirs)]).where(*conds)
+                .distinct().subquery(f"rt_link_{len(out)}"))
+        on = sa.and_(*[keys.c[f"rt_k{j}"] == t.c[m] for j, m in enumerate(mine)])
+        exists = sa.exists().where(*conds, *[other.c[o] == t.c[m] for m, o in zip(mine, theirs, strict=True)])
+        out.append(_Link(other_name, keys, on, exists))
     return out
 
 
@@ -171,8 +193,9 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
     """The check for one anonymising policy, in the caller's (read-only or not yet written) transaction.
 
     One statement: the rows with their quasi-identifiers and a flag per linking foreign key (an
-    EXISTS that finds kept personal data), one GROUP BY over the quasi-identifiers, and the
-    sums over the groups (``k``, ``below_k``, ``rows``, ``linkable`` and per table).
+    outer join to the keys of kept rows holding personal data), one GROUP BY over the
+    quasi-identifiers, and the sums over the groups (``k``, ``below_k``, ``rows``,
+    ``linkable`` and per table).
     """
     t = plan.table
     dialect = conn.dialect.name
@@ -181,12 +204,17 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
     member = anonymised_after_run(plan, t)
     links = _links(plan, plans, t, personal)
     one, zero = sa.literal_column("1"), sa.literal_column("0")
-    # Per row, one flag per linking foreign key (a row with no link evaluates every EXISTS
-    # anyway, so flags cost no more than one OR) and whether any of them is set.
-    flags = [sa.case((cond, one), else_=zero) for _n, cond in links]
+    # Per row, one flag per linking foreign key; per group, how many rows have any flag set.
+    joined: sa.FromClause = t
+    if dialects.joins_links(dialect):
+        flags = [sa.case((link.found, one), else_=zero) for link in links]
+        for link in links:
+            joined = joined.outerjoin(link.keys, link.on)
+    else:
+        flags = [sa.case((link.exists, one), else_=zero) for link in links]
     inner = (sa.select(*[e.label(f"rt_q{i}") for i, (_n, e) in enumerate(qis)],
                        *[f.label(f"rt_l{i}") for i, f in enumerate(flags)])
-             .select_from(t).where(member).subquery("rt_rows"))
+             .select_from(joined).where(member).subquery("rt_rows"))
     row_flags = [inner.c[f"rt_l{i}"] for i in range(len(flags))]
     linked = sa.case((sa.or_(*[f == 1 for f in row_flags]), one), else_=zero) if row_flags else zero
     groups = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
@@ -204,9 +232,9 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
     ).select_from(groups)).one()
     k, below, rows, linkable = found[:4]
     per_table: dict[str, int] = {}
-    for (name, _c), count in zip(links, found[4:], strict=True):
+    for link, count in zip(links, found[4:], strict=True):
         if count:
-            per_table[name] = per_table.get(name, 0) + int(count)
+            per_table[link.table] = per_table.get(link.table, 0) + int(count)
     return Reidentification(rows=int(rows), k=int(k) if rows else None, below_k=int(below),
                             linkable=int(linkable), k_anonymity=threshold, quasi_identifiers=[q for q, _e in qis],
                             links=per_table)
