@@ -354,3 +354,19 @@ def test_on_referenced_anonymise_counts_the_rows_that_stay_anonymised(db: TestDa
     assert result.exit_code == 0, result
     assert int(scalar(db.engine, f"SELECT COUNT(*) FROM customers WHERE name = '{REDACTED}'")) == referenced
     assert expected_k(db, 5, where=f"name = '{REDACTED}'") == (5, 0, referenced)
+
+
+@pytest.mark.parametrize(("personal", "message"), [
+    ({"invoice": ["customer_name"]}, "key 'personal.invoice': no database of the file has a table 'invoice'"),
+    ({"invoices": ["customer_name", "iban"]}, "key 'personal.invoices': table 'invoices' has no column 'iban'"),
+])
+def test_personal_lists_name_real_tables_and_columns(db: TestDatabase, tmp_path: Path,
+                                                    personal: dict[str, list[str]], message: str) -> None:
+    create_shop(db.engine, [(1970, "1234")] * 5, invoices=[(1, "A")])
+    pf = write(tmp_path, db, customers_policy(), personal=personal)
+    result = invoke(["--policies", str(pf), "validate"])
+    assert result.exit_code == 2, result
+    line = next(x for x in result.stderr.splitlines() if "personal." in x).removeprefix("error: ")
+    number = next(i + 1 for i, t in enumerate(pf.read_text().splitlines())
+                  if t.strip().startswith(f"{next(iter(personal))}:"))
+    assert line == f"{pf}:{number}: {message}", line
