@@ -328,7 +328,8 @@ def test_audit_show_renders_the_check_with_its_numbers(sqlite_db: TestDatabase, 
     pf = write(tmp_path, sqlite_db, customers_policy())
     assert run_cli(pf).exit_code == 3
     text = invoke(["--policies", str(pf), "audit", "show"]).stdout
-    assert ("customers: re-identification check FAILED: 8 anonymised rows; smallest group sharing left_at, "
+    assert ("customers: re-identification check FAILED: 8 rows anonymised had the policy run (it was blocked); "
+            "smallest group sharing left_at, "
             "birth_date, postcode: k = 1 (needed 5); 3 in smaller groups; 0 still linked") in text
     rows = parse_csv(invoke(["--policies", str(pf), "audit", "show", "--format", "csv"]).stdout)
     assert [(r["k"], r["below_k"], r["linkable"]) for r in rows] == [("1", "3", "0")]

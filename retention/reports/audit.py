@@ -227,18 +227,19 @@ def _notes(r: PolicyRow) -> list[str]:
     if r.anonymised and r.action != "anonymise":
         notes.append(f"anonymised instead of deleted: {r.anonymised:,}")
     if r.reidentification is not None:
-        notes.append(reidentification_note(r.reidentification))
+        notes.append(reidentification_note(r.reidentification, blocked=r.status == "blocked"))
     return notes
 
 
-def reidentification_note(reid: dict[str, Any]) -> str:
+def reidentification_note(reid: dict[str, Any], blocked: bool = False) -> str:
     """What the check proved about the anonymised rows, in numbers an inspector can re-compute."""
     rows = reid.get("rows") or 0
     if not rows:
         return "re-identification check: no anonymised rows"
     qi = ", ".join(reid.get("quasi_identifiers") or []) or "no kept column"
     verdict = "passed" if reid.get("passed") else "FAILED"
-    return (f"re-identification check {verdict}: {rows:,} anonymised rows; smallest group sharing {qi}: "
+    what = "rows anonymised had the policy run (it was blocked)" if blocked else "anonymised rows"
+    return (f"re-identification check {verdict}: {rows:,} {what}; smallest group sharing {qi}: "
             f"k = {reid.get('k')} (needed {reid.get('k_anonymity')}); {reid.get('below_k', 0):,} in smaller "
             f"groups; {reid.get('linkable', 0):,} still linked by a foreign key to kept personal data")
 
