@@ -371,3 +371,18 @@ def test_personal_lists_name_real_tables_and_columns(db: TestDatabase, tmp_path:
     number = next(i + 1 for i, t in enumerate(pf.read_text().splitlines())
                   if t.strip().startswith(f"{next(iter(personal))}:"))
     assert line == f"{pf}:{number}: {message}", line
+
+
+def test_a_blocked_delete_policy_deletes_nothing_either(db: TestDatabase, tmp_path: Path) -> None:
+    """on_referenced: anonymise with linked rows: the whole policy is blocked before its first
+    batch, its deletions included ("nothing of that policy was touched")."""
+    create_shop(db.engine, [(1970, "1234")] * 8, invoices=[(1, "Person 1"), (2, "Person 2")])
+    pf = write(tmp_path, db, customers_policy(action="delete", on_referenced="anonymise"),
+               personal={"invoices": ["customer_name"]})
+    before = unchanged_witness(db)
+    result = run_cli(pf)
+    assert result.exit_code == 3, result
+    assert (reid(result)["rows"], reid(result)["linkable"]) == (2, 2)
+    assert result.policy("customers")["applied"] == 0
+    assert int(scalar(db.engine, "SELECT COUNT(*) FROM customers")) == 8
+    assert unchanged_witness(db) == before
