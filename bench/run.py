@@ -113,6 +113,9 @@ BENCH_POLICIES = """  - name: correspondence
     action: anonymise
     exclude: {legal_hold: true}
     fields: {phone: null, street: redact, postcode: generalise.postcode, city: null, birth_date: generalise.year}
+    keep: {first_name: speed only, last_name: speed only, email: speed only, created_at: speed only,
+           legal_hold: speed only}
+    reidentification: warn
     max_fraction: 1.0
   - name: accounts_fake
     basis: Privacy statement
@@ -122,6 +125,9 @@ BENCH_POLICIES = """  - name: correspondence
     action: anonymise
     exclude: {legal_hold: true}
     fields: {first_name: fake.first_name, last_name: fake.last_name, email: fake.email, street: redact}
+    keep: {phone: speed only, postcode: speed only, city: speed only, birth_date: speed only,
+           created_at: speed only, legal_hold: speed only}
+    reidentification: warn
     max_fraction: 1.0
 """
 
@@ -144,6 +150,8 @@ SHOP_POLICIES = """  - name: accounts
       postcode: generalise.postcode
       city: null
       birth_date: generalise.year
+    keep: {created_at: shop statistics, legal_hold: false on every anonymised row}
+    reidentification: warn
     max_fraction: 1.0
   - name: invoices
     table: invoices

@@ -280,6 +280,16 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
             children = f" (+ {', '.join(p.cascade)})" if p.cascade else ""
             click.echo(f"  {p.name}: {p.action} {model.database_of(p)}.{p.table}{children} "
                        f"{p.retain} after {p.after}{align}")
+        # The re-identification check as tonight's run would find it (writes nothing).
+        from retention.engine.runner import reidentification_report
+        from retention.reports.run import reidentification_lines
+
+        for plan, reid in reidentification_report(model, connected):
+            click.echo(f"  {plan.policy.name}: " + "\n    ".join(reidentification_lines(reid.as_dict())))
+            if not reid.passed:
+                what = ("it runs anyway (reidentification: warn)" if plan.policy.reidentification == "warn"
+                        else "a real run blocks it (exit 3)")
+                click.echo(f"warning: policy '{plan.policy.name}': {reid.failure()}; {what}", err=True)
     finally:
         connected.dispose()
 

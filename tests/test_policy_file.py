@@ -204,6 +204,11 @@ def test_every_key_is_read_with_its_value() -> None:
     assert accounts.exclude == {"legal_hold": True, "status": None}
     assert accounts.where == {"country": "NL"}
     assert accounts.max_fraction == 1 and accounts.batch_size == 500
+    assert accounts.keep == {"created_at": "customer statistics per month",
+                             "legal_hold": "false on every anonymised row"}
+    assert (accounts.k_anonymity, accounts.reidentification) == (10, "warn")
+    assert (leads.k_anonymity, leads.reidentification) == (5, "enforce")
+    assert model.personal == {"invoices": ["customer_name", "billing_street"]}
     assert leads.database == "crm" and leads.retain == Period(90, "days")
     assert leads.cascade == ["lead_notes", "lead_note_attachments"]
     assert leads.on_referenced == "anonymise" and leads.fields == {"name": "redact"}

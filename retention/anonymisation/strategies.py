@@ -1,5 +1,5 @@
 """Anonymisation strategies, registered by name (``null``, ``redact``, ``fake.<provider>``,
-``generalise.year|month|postcode``).
+``generalise.year|month|day|postcode``, ``generalise.band:N``).
 
 Anonymisation must be irreversible, so no strategy derives its value from the old value in
 a way that could be reversed or matched: constants, fresh random fakes (Faker seeded from
@@ -96,12 +96,21 @@ class Redact(Strategy):
 
 @dataclass(frozen=True)
 class Generalise(Strategy):
-    grain: Literal["year", "month", "postcode"] = "year"
+    """A coarser value that many people share: a date truncated to its year, month or day, a
+    postcode cut to its four digits, a whole number floored to a multiple of ``step`` (a band).
+    Each is idempotent (generalising twice changes nothing), which the re-identification check
+    relies on to compute the future values of rows anonymised before and tonight alike."""
+
+    grain: Literal["year", "month", "day", "postcode", "band"] = "year"
+    step: int = 0
 
     def check(self, col: sa.Column[Any]) -> str | None:
         if self.grain == "postcode":
             if not _is_text(col):
                 return f"strategy '{self.name}' needs a text column; '{col.name}' is {col.type}"
+        elif self.grain == "band":
+            if not isinstance(col.type, sa.Integer):
+                return f"strategy '{self.name}' needs an integer column; '{col.name}' is {col.type}"
         elif not _is_date(col):
             return f"strategy '{self.name}' needs a date or datetime column; '{col.name}' is {col.type}"
         return None
@@ -133,7 +142,9 @@ _REGISTRY: dict[str, Callable[[str], Strategy]] = {
     "redact": lambda spec: Redact("redact", "constant", _redaction_text(spec)),
     "generalise.year": lambda spec: Generalise("generalise.year", "expression", "year"),
     "generalise.month": lambda spec: Generalise("generalise.month", "expression", "month"),
+    "generalise.day": lambda spec: Generalise("generalise.day", "expression", "day"),
     "generalise.postcode": lambda spec: Generalise("generalise.postcode", "expression", "postcode"),
+    "generalise.band:N": lambda spec: Generalise(spec, "expression", "band", _band_step(spec) or 0),
     "fake.<provider>": lambda spec: Fake(spec, "per_row", spec.split(".", 1)[1]),
 }
 
@@ -145,9 +156,17 @@ def _redaction_text(spec: str) -> str:
     return text.strip() or DEFAULT_REDACTION
 
 
+def _band_step(spec: str) -> int | None:
+    """N of ``generalise.band:N`` (a whole number from 2), or None."""
+    text = spec.partition(":")[2].strip()
+    return int(text) if text.isdigit() and int(text) >= 2 else None
+
+
 def _registry_key(spec: str | None) -> str | None:
     if spec is None or spec == "null":
         return "null"
+    if spec.startswith("generalise.band:"):
+        return "generalise.band:N" if _band_step(spec) else None
     if spec == "redact" or spec.startswith("redact:"):
         return "redact"
     if spec.startswith("fake.") and len(spec) > 5:
@@ -178,6 +197,8 @@ def names() -> list[str]:
 def check_name(spec: str | None) -> str | None:
     """Why ``spec`` names no strategy (listing the valid ones), or None."""
     key = _registry_key(spec)
+    if key is None and isinstance(spec, str) and spec.startswith("generalise.band"):
+        return f"strategy {spec!r}: write generalise.band:N with N a whole number from 2 (e.g. generalise.band:1000)"
     if key is None:
         return f"unknown strategy {spec!r}; valid: {', '.join(names())}, or 'redact: TEXT'"
     if key == "fake.<provider>":

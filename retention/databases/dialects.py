@@ -241,6 +241,16 @@ def prefers_semi_join(dialect: str) -> bool:
     return dialect == "postgresql"
 
 
+def joins_links(dialect: str) -> bool:
+    """Whether the re-identification check flags linked rows by outer-joining the distinct keys
+    of the linking rows rather than by an EXISTS per row. PostgreSQL: hash joins; an EXISTS in
+    a select list becomes a subplan that the flattened query evaluates twice (100k-account
+    backlog, 35k anonymised rows, three linking tables: 0.6-1.0 s joined, 0.9-2.1 s with
+    EXISTS). SQLite: the same either way (0.8-1.1 s); EXISTS walks the foreign key's index.
+    MariaDB keeps EXISTS (not measured at this size)."""
+    return dialect == "postgresql"
+
+
 def unindexed(col: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
     """The column as a term no index serves, so the planner scans (SQLite: unary ``+``, a no-op)."""
     if dialect != "sqlite":
@@ -251,19 +261,32 @@ def unindexed(col: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]
     return UnaryExpression(col, operator=operators.custom_op("+"), type_=col.type)
 
 
-def generalise(col: sa.Column[Any], grain: str, dialect: str) -> sa.ColumnElement[Any]:
-    """The column truncated to a year or month, or a postcode cut to its four digits."""
+def generalise(col: sa.ColumnElement[Any], grain: str, dialect: str, step: int = 0) -> sa.ColumnElement[Any]:
+    """The column truncated to a year, month or day, a postcode cut to its four digits, or a whole
+    number floored to a multiple of ``step`` (-1 in bands of 1000 is -1000). Idempotent."""
     if grain == "postcode":
         return sa.func.substr(col, 1, 4)
+    if grain == "band":
+        n = sa.literal_column(str(int(step)))
+        # Integer division truncates toward zero on every database (MariaDB spells it DIV), so
+        # negative numbers are floored by hand: a band is [k*N, (k+1)*N) everywhere.
+        div = "DIV" if dialect == "mysql" else "/"
+        group = sa.sql.expression.Grouping  # custom operators get no parentheses of their own
+
+        def quotient(x: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return group(group(x).op(div)(n))
+
+        up = sa.case((col >= 0, quotient(col) * n), else_=(sa.literal_column("0") - quotient(n - 1 - col)) * n)
+        return sa.cast(up, col.type)
     is_datetime = isinstance(col.type, sa.DateTime)
     if dialect == "sqlite":
-        modifier = "start of year" if grain == "year" else "start of month"
+        modifier = f"start of {grain}"
         if is_datetime:
             return sa.func.strftime("%Y-%m-%d %H:%M:%S.000000", col, modifier)
         return sa.func.date(col, modifier)
     if dialect == "postgresql":
         return sa.cast(sa.func.date_trunc(grain, col), col.type)
-    pattern = "%Y-01-01" if grain == "year" else "%Y-%m-01"
+    pattern = {"year": "%Y-01-01", "month": "%Y-%m-01", "day": "%Y-%m-%d"}[grain]
     return sa.cast(sa.func.date_format(col, pattern), sa.DateTime if is_datetime else sa.Date)
 
 

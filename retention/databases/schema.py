@@ -58,7 +58,9 @@ def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
             edges.append(
                 Edge(child, tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
             )
-    needed = (wanted & existing) | {e.child for e in edges if e.parent in wanted}
+    # Parents too: the re-identification check follows an anonymised row's own foreign keys.
+    needed = (wanted & existing) | {e.child for e in edges if e.parent in wanted} \
+        | {e.parent for e in edges if e.child in wanted and e.parent in existing}
     metadata = sa.MetaData()
     metadata.reflect(bind=engine, only=sorted(needed), resolve_fks=False)
     indexes: dict[str, list[tuple[str, ...]]] = {}
@@ -187,6 +189,8 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str],
         marker = column(policy.marker, "marker")
         if marker is not None and not (isinstance(marker.type, sa.DateTime) and marker.nullable):
             problems.append(("marker", f"column '{marker.name}' must be a nullable datetime column"))
+    if policy.anonymises and policy.fields:
+        problems += _accounted_for(table, policy, key)
     if policy.anonymises and policy.fields and policy.marker is None \
             and strategies.witnesses(policy.fields) is None:
         problems.append((
@@ -248,6 +252,54 @@ def _detach_problems(schema: Schema, policy: Policy, tree: dict[str, Edge]) -> l
     return out
 
 
+def _accounted_for(table: sa.Table, policy: Policy, key: sa.Column[Any] | str) -> list[tuple[str, str]]:
+    """Every column of an anonymised row is anonymised (``fields``), or the key, the ``after``
+    column, the ``marker``, or kept with a reason (``keep``).
+
+    An ``exclude`` or ``where`` column is not accounted for by being named there: it stays in
+    the anonymised row like any other, so it is listed under ``keep`` too (and then counts in
+    the re-identification check; it is the same for every anonymised row in scope).
+    """
+    problems: list[tuple[str, str]] = []
+    fields = policy.fields or {}
+    for name in policy.keep:
+        if name not in table.c:
+            problems.append((f"keep.{name}", f"table '{table.name}' has no column '{name}'"))
+    accounted = {*fields, *policy.keep, policy.after, *([policy.marker] if policy.marker else [])}
+    if isinstance(key, sa.Column):
+        accounted.add(key.name)
+    left = [col.name for col in table.c if col.name not in accounted]
+    if left:
+        also = (" (naming a column in `exclude` or `where` does not take it out of the anonymised row)"
+                if set(left) & {*policy.exclude, *policy.where} else "")
+        names = ", ".join(f"'{n}'" for n in left)
+        problems.append(("keep" if policy.keep else "fields",
+                         f"{'column' if len(left) == 1 else 'columns'} {names} of table '{table.name}' "
+                         f"not accounted for{also}: anonymise each in `fields`, or list it under `keep` with "
+                         f"the reason it may stay (keep: {{{left[0]}: \"...\"}})"))
+    after = table.c.get(policy.after)
+    if after is not None and _is_temporal(after) and policy.after in fields \
+            and not str(fields[policy.after] or "").startswith("generalise."):
+        problems.append((f"fields.{policy.after}",
+                         "the `after` column can only be generalised: without its event an anonymised row "
+                         "cannot be told apart from one whose term never began"))
+    return problems
+
+
+def check_personal(schema: Schema, model: PolicyFile, database: str,
+                   missing: set[str]) -> list[tuple[str, str, str]]:
+    """The top-level ``personal`` lists against one database: (table, column or '', message)."""
+    problems: list[tuple[str, str, str]] = []
+    for name, cols in model.personal.items():
+        if name in missing or name not in schema.tables:
+            continue  # reported once for all databases by the caller
+        table = schema.tables[name]
+        for col in cols:
+            if col not in table.c:
+                problems.append((name, col, f"table '{name}' has no column '{col}'"))
+    return problems
+
+
 def locate(model: PolicyFile, policy: Policy, key: str) -> str:
     """``file:line`` of a policy's key (falling back to the policy, then the file)."""
     parts = key.split(".")
@@ -256,4 +308,10 @@ def locate(model: PolicyFile, policy: Policy, key: str) -> str:
         line = model.locations.get(".".join([policy.name, *parts]))
         parts = parts[:-1]
     line = line or model.locations.get(policy.name)
+    return f"{model.source}:{line}" if line else model.source
+
+
+def locate_personal(model: PolicyFile, table: str) -> str:
+    """``file:line`` of a table's ``personal`` list."""
+    line = model.locations.get(f"#personal.{table}")
     return f"{model.source}:{line}" if line else model.source

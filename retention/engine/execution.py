@@ -235,7 +235,7 @@ class Executor:
             if isinstance(strategy, Fake):
                 per_row[column] = self.fakes.draw(strategy.provider, col, rows)
             elif isinstance(strategy, Generalise):
-                constants[column] = dialects.generalise(col, strategy.grain, self.dialect)
+                constants[column] = dialects.generalise(col, strategy.grain, self.dialect, strategy.step)
             else:
                 constants[column] = strategy.value(col)
         if self.plan.policy.marker:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import structlog
 
 from retention import __version__
+from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
@@ -80,6 +81,9 @@ class PolicyOutcome:
     fields: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     duration_s: float = 0.0
+    # Anonymising policies only: the re-identification check (reidentification.Reidentification.as_dict).
+    reidentification: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +128,41 @@ def select_policies(model: PolicyFile, names: Sequence[str], database: str | Non
     if elsewhere:
         raise UsageError(f"--policy {', '.join(map(repr, elsewhere))}: not on database {database!r}")
     return [p for p in candidates if p.name in names]
+
+
+def make_plans(model: PolicyFile, selected: Sequence[Policy], connected: Connected,
+               moment: pendulum.DateTime) -> list[Plan]:
+    """The selected policies compiled for one moment, children before parents."""
+    plans: list[Plan] = []
+    for p in run_order(selected, connected.schemas, model.database_of):
+        db = model.database_of(p)
+        cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
+        earlier = [q for q in plans if q.database == db]
+        holders = [q for q in model.policies if model.database_of(q) == db]
+        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
+    return plans
+
+
+def check_reidentification(conn: sa.Connection, plan: Plan, plans: Sequence[Plan],
+                           model: PolicyFile) -> reidentification.Reidentification:
+    return reidentification.measure(conn, plan, plans, lambda table: model.personal_columns(plan.database, table))
+
+
+Measured = tuple[Plan, reidentification.Reidentification]
+
+
+def reidentification_report(model: PolicyFile, connected: Connected,
+                            moment: pendulum.DateTime | None = None) -> list[Measured]:
+    """The check for every anonymising policy of the file, as tonight's run would find it (validate)."""
+    moment = moment or pendulum.now(model.timezone)
+    plans = make_plans(model, model.policies, connected, moment)
+    out = []
+    for plan in plans:
+        if plan.policy.anonymises:
+            with connected.engines[plan.database].connect() as conn:
+                out.append((plan, check_reidentification(conn, plan, plans, model)))
+                conn.rollback()
+    return out
 
 
 def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
@@ -177,14 +216,7 @@ def execute_run(
         if not dry_run:
             monitor.ping(model.monitor.url, "start", run_id)
 
-        order = run_order(selected, connected.schemas, model.database_of)
-        plans: list[Plan] = []
-        for p in order:
-            db = model.database_of(p)
-            cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
-            earlier = [q for q in plans if q.database == db]
-            holders = [q for q in model.policies if model.database_of(q) == db]
-            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
+        plans = make_plans(model, selected, connected, moment)
 
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
@@ -227,7 +259,25 @@ def execute_run(
                             f"would change {plan.touched(counts)} of {counts.total} rows ({share:.0%}), more than "
                             f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)"
                         )
-                    elif dry_run:
+                    if plan.policy.anonymises:
+                        # Before anything of the policy is written: on the values the rows would
+                        # hold afterwards, so a failing policy touches nothing (exit 3).
+                        t_check = time.monotonic()
+                        reid = check_reidentification(conn, plan, plans, model)
+                        # What the check costs, every night (integer milliseconds, as the audit log wants).
+                        outcome.reidentification = reid.as_dict() | {
+                            "duration_ms": round((time.monotonic() - t_check) * 1000)}
+                        if not reid.passed and outcome.status == "blocked":
+                            outcome.warnings.append(reid.failure())
+                        elif not reid.passed and plan.policy.reidentification == "warn":
+                            outcome.warnings.append(f"{reid.failure()} (reidentification: warn: it runs anyway)")
+                        elif not reid.passed and outcome.status == "ok":
+                            plan.blocked_by_guard = True
+                            outcome.status = "blocked"
+                            outcome.error = (f"{reid.failure()}; nothing done. Generalise or null the kept columns, "
+                                             "detach or delete the linking rows, or set reidentification: warn "
+                                             "(docs/policy-file.md)")
+                    if outcome.status == "ok" and dry_run:
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
@@ -259,7 +309,8 @@ def execute_run(
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
                         held_reasons=outcome.held_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
-                        dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error)
+                        dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
+                        **({"reidentification": outcome.reidentification} if outcome.reidentification else {}))
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
                      unreadable=outcome.unreadable,
@@ -286,7 +337,7 @@ def execute_run(
             result.message = "purge pending: removed values may still be in the database files; the next run retries"
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
-            result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
+            result.message = "a safety guard (max_fraction, re-identification check) stopped a policy; the others ran"
         duration_s = round(time.monotonic() - started, 3)
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))

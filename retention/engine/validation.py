@@ -13,7 +13,15 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from retention.databases import dialects, purge
-from retention.databases.schema import Schema, check_policy, key_column, locate, reflect
+from retention.databases.schema import (
+    Schema,
+    check_personal,
+    check_policy,
+    key_column,
+    locate,
+    locate_personal,
+    reflect,
+)
 from retention.errors import DatabaseUnreachable, SchemaError
 from retention.policy.model import Policy, PolicyFile
 
@@ -51,19 +59,26 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         schemas: dict[str, Schema] = {}
         problems: list[str] = []
         warnings: list[str] = []
+        unknown_personal = set(model.personal)
         for name in needed:
             mine = [p for p in policies if model.database_of(p) == name]
             # Every policy of the file on this database, selected or not: a cascade into another
             # policy's table is refused, and holds follow links into the other policies' tables.
             everyone = [p for p in model.policies if model.database_of(p) == name]
             tables = {t for p in mine for t in (p.table, *p.cascade)} | {p.table for p in everyone}
-            schema, missing = reflect(engines[name], tables)
+            schema, missing = reflect(engines[name], tables | set(model.personal))
             schemas[name] = schema
             for p in mine:
-                errs, warns = check_policy(schema, p, missing, everyone)
+                errs, warns = check_policy(schema, p, missing - set(model.personal) | (missing & tables), everyone)
                 problems += [f"{locate(model, p, key)}: policy '{p.name}', key '{key}': {msg}" for key, msg in errs]
                 warnings += warns
+            for table, _col, msg in check_personal(schema, model, name, missing):
+                problems.append(f"{locate_personal(model, table)}: key 'personal.{table}': {msg}")
+            unknown_personal &= missing
             warnings += purge.storage_warnings(engines[name], name, model.databases[name].purge)
+        for table in sorted(unknown_personal):
+            problems.append(f"{locate_personal(model, table)}: key 'personal.{table}': no database of the file "
+                            f"has a table '{table}'")
         if problems:
             raise SchemaError(problems)
         if survey:

@@ -181,6 +181,12 @@ def _cross_checks(data: dict[str, Any], problems: _Problems) -> None:
             strategies.check_locale(locale)  # first: fake.<provider> is checked in this locale
         except ValueError as exc:
             problems.add(("locale",), str(exc))
+    personal = data.get("personal")
+    if isinstance(personal, dict):
+        for table, cols in personal.items():
+            if isinstance(cols, list) and not cols:
+                problems.add(("personal", table), "list the table's personal columns, e.g. [customer_name, "
+                                                  "billing_street], or leave the table out")
     databases = data.get("databases")
     names = [str(n) for n in databases] if isinstance(databases, dict) else None
     policies = data.get("policies")
@@ -305,6 +311,11 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
     }
     for i, policy in enumerate(model.policies):
         locations.setdefault(policy.name, located.line(("policies", i)) or 0)
+    # '#' cannot start a policy name, so these never collide with a policy's keys.
+    locations.update({
+        "#personal." + ".".join(str(k) for k in loc[1:2]): line
+        for loc, line in located.lines.items() if len(loc) == 2 and loc[0] == "personal"
+    })
     return model.model_copy(
         update={"source": str(path), "source_sha256": hashlib.sha256(raw).hexdigest(), "locations": locations}
     )

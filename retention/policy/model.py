@@ -20,6 +20,7 @@ ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise", "detach")
 # linked: a row held by another policy's `exclude` also holds the rows of this policy linked to
 # it by a foreign key (either way); own: only this policy's own `exclude` holds its rows.
 HOLDS: tuple[str, ...] = ("linked", "own")
+REIDENTIFICATION: tuple[str, ...] = ("enforce", "warn")
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -79,6 +80,17 @@ def consistency_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
                                      "only a delete policy detaches"))
     if action == "anonymise" and cascade:
         out.append(("cascade", "only a delete policy deletes child rows"))
+    anonymises = action == "anonymise" or on_referenced == "anonymise"
+    for key in ("keep", "k_anonymity", "reidentification"):
+        if values.get(key) is not None and not anonymises:
+            out.append((key, "only a policy that anonymises (action: anonymise, or on_referenced: anonymise) "
+                             "takes it"))
+    keep = values.get("keep")
+    if isinstance(keep, Mapping) and isinstance(fields, Mapping):
+        both = [str(c) for c in keep if c in fields]
+        if both:
+            out.append(("keep", f"{', '.join(map(repr, both))} also in `fields`: a column is either anonymised "
+                                "or kept"))
     marker = values.get("marker")
     if isinstance(marker, str):
         if marker == values.get("after"):
@@ -99,6 +111,17 @@ def _zone(value: str) -> str:
         pendulum.timezone(value)
     except Exception:
         raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Amsterdam)") from None
+    return value
+
+
+def _reasons(value: Any) -> Any:
+    """``keep``: column -> a one-line reason, so the file says why a column survives anonymisation."""
+    if not isinstance(value, Mapping):
+        return value  # pydantic reports "should be a valid dictionary"
+    for column, reason in value.items():
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"{column}: give the reason the column is kept, as text "
+                             f"(e.g. {column}: \"statistics, generalised to the month\"), got {reason!r}")
     return value
 
 
@@ -167,6 +190,11 @@ class Policy(_Strict):
     # Extension: a column set to the run's moment when a row is anonymised, so that it is not
     # selected again. Without it, the `redact`/`null` fields tell an anonymised row apart.
     marker: str | None = None
+    # Anonymise only: columns left as they are, each with the reason (every column must be
+    # accounted for), and the re-identification check's threshold and what failing it does.
+    keep: dict[str, str] = Field(default_factory=dict)
+    k_anonymity: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    reidentification: str = "enforce"
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
 
@@ -192,6 +220,16 @@ class Policy(_Strict):
     def _conditions(cls, v: Any) -> Any:
         return _single_values(v)
 
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _keep(cls, v: Any) -> Any:
+        return _reasons(v)
+
+    @field_validator("reidentification", mode="before")
+    @classmethod
+    def _reidentification(cls, v: Any) -> str:
+        return _one_of(v, REIDENTIFICATION, "reidentification")
+
     @field_validator("align", "minimum_align", mode="before")
     @classmethod
     def _align(cls, v: Any) -> str:
@@ -216,7 +254,8 @@ class Policy(_Strict):
     def _consistent(self) -> Policy:
         # The loader reports every one of these itself (config.load); this guards code that
         # builds a Policy directly.
-        problems = consistency_problems(self.__dict__)
+        # Only the keys given: a default (k_anonymity 5) is not "given on a delete policy".
+        problems = consistency_problems({k: v for k, v in self.__dict__.items() if k in self.model_fields_set})
         if problems:
             key, message = problems[0]
             raise ValueError(f"{key}: {message}")
@@ -243,6 +282,9 @@ class PolicyFile(_Strict):
     audit: Audit = Field(default_factory=Audit)
     monitor: Monitor = Field(default_factory=Monitor)
     policies: list[Policy]
+    # Columns holding personal data in tables no anonymising policy names them for (an invoice's
+    # name and address): table -> columns. The re-identification check counts links to them.
+    personal: dict[str, list[str]] = Field(default_factory=dict)
     # Filled in by the loader, not read from the file.
     source: str = ""
     source_sha256: str = ""
@@ -267,6 +309,15 @@ class PolicyFile(_Strict):
         if not v:
             raise ValueError("at least one policy is needed")
         return v
+
+    def personal_columns(self, database: str, table: str) -> list[str]:
+        """Columns of ``table`` that hold personal data: the file's ``personal`` list and every
+        column an anonymising policy of the same database names in ``fields``."""
+        cols = list(self.personal.get(table, []))
+        for p in self.policies:
+            if p.table == table and self.database_of(p) == database and p.anonymises:
+                cols += [c for c in (p.fields or {}) if c != p.after]
+        return list(dict.fromkeys(cols))
 
     def policy(self, name: str) -> Policy:
         for p in self.policies:

@@ -42,6 +42,8 @@ class PolicyRow:
     duration_s: float | None = None
     deleted: int | None = None
     detached: int | None = None
+    # policy.end's re-identification check (anonymising policies): k, below_k, linkable, rows, ...
+    reidentification: dict[str, Any] | None = None
 
     def split(self) -> tuple[int, int]:
         """(rows deleted, rows anonymised)."""
@@ -265,7 +267,10 @@ def summarise(
                 _apply_done(row, work)
         elif event == "policy.end":
             policy = str(e.get("policy"))
-            _end(summary.row(policy), e, done.get((rid, policy)))
+            row = summary.row(policy)
+            _end(row, e, done.get((rid, policy)))
+            reid = e.get("reidentification")
+            row.reidentification = dict(reid) if isinstance(reid, dict) else None
         elif event == "purge":
             summary.purges.append({k: e.get(k) for k in PURGE_FIELDS} | {"duration_s": _seconds(e)})
         elif event == "run.end":
@@ -381,7 +386,22 @@ def _notes(r: PolicyRow) -> list[str]:
         notes.append(f"deferred, still referenced from: {reasons}")
     if r.anonymised and r.action != "anonymise":
         notes.append(f"anonymised instead of deleted: {r.anonymised:,}")
+    if r.reidentification is not None:
+        notes.append(reidentification_note(r.reidentification, blocked=r.status == "blocked"))
     return notes
+
+
+def reidentification_note(reid: dict[str, Any], blocked: bool = False) -> str:
+    """What the check proved about the anonymised rows, in numbers an inspector can re-compute."""
+    rows = reid.get("rows") or 0
+    if not rows:
+        return "re-identification check: no anonymised rows"
+    qi = ", ".join(reid.get("quasi_identifiers") or []) or "no kept column"
+    verdict = "passed" if reid.get("passed") else "FAILED"
+    what = "rows anonymised had the policy run (it was blocked)" if blocked else "anonymised rows"
+    return (f"re-identification check {verdict}: {rows:,} {what}; smallest group sharing {qi}: "
+            f"k = {reid.get('k')} (needed {reid.get('k_anonymity')}); {reid.get('below_k', 0):,} in smaller "
+            f"groups; {reid.get('linkable', 0):,} still linked by a foreign key to kept personal data")
 
 
 def _purge_line(p: dict[str, Any]) -> str:
@@ -474,6 +494,7 @@ CSV_COLUMNS = (
     "run", "started", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
     "due", "held", "deferred", "applied", "anonymised", "status", "cascaded", "run_status",
     "deleted", "detached", "kind", "verified", "chain",
+    "k", "below_k", "linkable",
 )  # fmt: skip
 
 
@@ -497,7 +518,9 @@ def render_csv(runs: Sequence[RunSummary], verification: VerifyResult | None = N
                   "kind": s.kind, "verified": verified, "chain": verdict}  # fmt: skip
         # A run that stopped before any policy is still a row: the inspector must see it.
         for r in s.policies or [PolicyRow(policy="", status="")]:
-            values = asdict(r) | {"cascaded": sum(r.cascaded.values())} | common
+            reid = r.reidentification or {}
+            values = asdict(r) | {"cascaded": sum(r.cascaded.values())} | common \
+                | {k: reid.get(k) for k in ("k", "below_k", "linkable")}
             writer.writerow([_cell(values.get(name)) for name in CSV_COLUMNS])
     return buf.getvalue()
 

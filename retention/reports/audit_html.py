@@ -229,7 +229,15 @@ def render_html(
         "<dt>Held</dt><dd>rows past their term kept by an exclusion (e.g. a legal hold)</dd>"
         "<dt>Deferred</dt><dd>due rows kept because other retained records still refer to them</dd>"
         "<dt>Deleted, anonymised</dt><dd>rows actually deleted or anonymised (always 0 in a preview); "
-        "their sum is the contract's <i>applied</i></dd></dl>"
+        "their sum is the contract's <i>applied</i></dd>"
+        "<dt>Re-identification check</dt><dd>for a policy that anonymises, measured in the database before "
+        "each run over every row it has anonymised: <i>k</i> is the size of the smallest group of those rows "
+        "that share the same values in every column left in them (kept, generalised, and the event date); a "
+        "row in a group smaller than the policy's threshold can be singled out by someone who knows those "
+        "values about a person. <i>Linked</i> counts anonymised rows that a foreign key still joins to kept "
+        "rows holding personal data, which give the person back. A policy that fails is stopped before it "
+        "changes anything, unless its file says <code>reidentification: warn</code>. Anonymised here means "
+        "what these two numbers show, no more.</dd></dl>"
         "Run times are UTC; cut-offs are in the policies' time zone. The audit log records primary keys, "
         "counts, and table and column names, never a removed value. Each entry carries the hash of the one "
         "before it, so an edit, deletion or reordering shows as a broken chain.</footer></main></body></html>\n"
@@ -251,11 +259,24 @@ def _policies_table(runs: Sequence[RunSummary]) -> str:
     rows = "".join(
         f"<tr><td><b>{_e(r.policy)}</b></td><td>{_e(r.database)}.{_e(r.table)}</td><td>{_e(r.action)}</td>"
         f"<td class=nowrap>{_e(r.retain)}{'' if r.align in (None, 'none') else ' (' + _e(r.align) + ')'}</td>"
-        f"<td>{_e(r.basis)}</td><td class=nowrap>{_e(fmt_cutoff(r.cutoff))}</td></tr>"
+        f"<td>{_e(r.basis)}</td><td class=nowrap>{_e(fmt_cutoff(r.cutoff))}</td><td>{_reid_cell(r)}</td></tr>"
         for r in latest.values()
     )
     return ("<h2>Policies</h2><table><thead><tr><th>Policy</th><th>Table</th><th>Action</th><th>Retention</th>"
-            f"<th>Basis</th><th>Latest cut-off</th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+            "<th>Basis</th><th>Latest cut-off</th><th>Re-identification (latest)</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")  # fmt: skip
+
+
+def _reid_cell(r: PolicyRow) -> str:
+    reid = r.reidentification
+    if not reid:
+        return '<span class="small">—</span>'
+    if not reid.get("rows"):
+        return '<span class="small">no anonymised rows</span>'
+    verdict = _badge("ok", "passed") if reid.get("passed") else _badge("failed", "FAILED")
+    return (f"{verdict} <span class=nowrap>k = {_e(reid.get('k'))} (needed {_e(reid.get('k_anonymity'))})</span>, "
+            f"{_e(fmt_n(reid.get('below_k')))} below, {_e(fmt_n(reid.get('linkable')))} linked "
+            f"<span class=small>of {_e(fmt_n(reid.get('rows')))}</span>")
 
 
 def _run_heading(s: RunSummary) -> str:

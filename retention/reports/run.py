@@ -29,6 +29,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "duration_s": o.duration_s,
                 "detached": o.detached, "detached_columns": o.detached_columns,
                 "held_reasons": o.held_reasons, "no_end": o.no_end, "no_end_tables": o.no_end_tables,
+                **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
+                "warnings": o.warnings,
             }
             for o in result.policies
         ],
@@ -41,7 +43,8 @@ def render_json(result: RunResult) -> str:
 
 
 CSV_COLUMNS = ["run", "as_of", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
-               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status", "detached"]
+               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status", "detached",
+               "k", "below_k", "linkable"]
 
 
 def render_csv(result: RunResult) -> str:
@@ -49,15 +52,21 @@ def render_csv(result: RunResult) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for o in result.policies:
+        reid = o.reidentification or {}
         writer.writerow([result.run, result.as_of, str(result.dry_run).lower(), o.name, o.database, o.table,
                          o.action, o.basis or "", o.cutoff, o.due, o.held, o.deferred, o.applied, o.anonymised,
-                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status, o.detached])
+                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status, o.detached,
+                         *[("" if reid.get(key) is None else reid[key]) for key in ("k", "below_k", "linkable")]])
     return out.getvalue()
 
 
 def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     will = "would be" if dry_run else "were"
     lines = []
+    if o.status == "blocked":
+        lines.append("BLOCKED: nothing of this policy " + ("would be" if dry_run else "was")
+                     + " changed; had it run:")
+        will = "would have been"
     if o.action == "delete":
         n = o.due - o.deferred
         lines.append(f"{n} row(s) {will} deleted from {o.table}")
@@ -72,7 +81,7 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     if o.deferred:
         reasons = ", ".join(f"{n} still referenced by {t}" for t, n in o.deferred_reasons.items())
         lines.append(f"{o.deferred} row(s) kept for now: {reasons or 'still referenced'}")
-        if o.fields and o.action == "delete":
+        if o.fields and o.action == "delete" and o.status != "blocked":
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
         why = ", ".join(f"{n} by {flag}" for flag, n in o.held_reasons.items())
@@ -88,6 +97,21 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
     return lines
+
+
+def reidentification_lines(reid: dict[str, Any]) -> list[str]:
+    """The check in words, with its numbers (shared with `validate`)."""
+    if not reid.get("rows"):
+        return ["re-identification: no anonymised rows (after this run) to check"]
+    qi = ", ".join(reid.get("quasi_identifiers") or []) or "no column"
+    verdict = "passes" if reid.get("passed") else "FAILS"
+    links = ", ".join(f"{n} via {t}" for t, n in (reid.get("links") or {}).items())
+    return [
+        f"re-identification ({verdict}): of {reid['rows']} anonymised row(s) after this run, the smallest group "
+        f"sharing {qi} has k = {reid['k']} row(s) (needed: {reid['k_anonymity']});",
+        f"  {reid['below_k']} row(s) in smaller groups; {reid['linkable']} still linked by a foreign key to "
+        f"kept personal data" + (f" ({links})" if links else ""),
+    ]
 
 
 def render_text(result: RunResult) -> str:
@@ -109,10 +133,13 @@ def render_text(result: RunResult) -> str:
         lines.append(f"   counts:  due {o.due}, held {o.held}, deferred {o.deferred}, applied {o.applied}"
                      + (f" (of {o.total} rows)" if o.total else ""))
         lines += [f"   {line}" for line in _what_happens(o, result.dry_run)]
+        if o.reidentification is not None:
+            lines += [f"   {line}" for line in reidentification_lines(o.reidentification)]
         if o.sample:
             lines.append(f"   first keys: {', '.join(map(str, o.sample))}")
         if o.error:
             lines.append(f"   ! {o.error}")
+        lines += [f"   ! {w}" for w in o.warnings]
         lines.append("")
     for p in result.purges:
         lines.append(f"purge {p.get('database')}: {p.get('level')} -> {p.get('result')}: {p.get('detail', '')}")
