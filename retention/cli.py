@@ -289,7 +289,7 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
             if not reid.passed:
                 what = ("it runs anyway (reidentification: warn)" if plan.policy.reidentification == "warn"
                         else "a real run blocks it (exit 3)")
-                click.echo(f"warning: policy '{plan.policy.name}': {reid.failure()}; {what}", err=True)
+                state.say("warning", f"policy '{plan.policy.name}': {reid.failure()}; {what}")
     finally:
         connected.dispose()
 

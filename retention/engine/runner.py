@@ -155,7 +155,9 @@ def reidentification_report(model: PolicyFile, connected: Connected,
                             moment: pendulum.DateTime | None = None) -> list[Measured]:
     """The check for every anonymising policy of the file, as tonight's run would find it (validate)."""
     moment = moment or pendulum.now(model.timezone)
-    plans = make_plans(model, model.policies, connected, moment)
+    # The file's policies on the databases this validate connected to (--database may name one).
+    plans = make_plans(model, [p for p in model.policies if model.database_of(p) in connected.engines],
+                       connected, moment)
     out = []
     for plan in plans:
         if plan.policy.anonymises:
