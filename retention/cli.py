@@ -135,10 +135,12 @@ def validate(state: _State) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="Result format on stdout.")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--record", is_flag=True,
+              help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool) -> None:
+        force: bool, record: bool) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -151,6 +153,8 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     from retention.policy import dates
     from retention.reports import run as reports
 
+    if record and not dry_run:
+        raise UsageError("--record goes with --dry-run (a real run is always in the audit log)")
     model = state.load()
     moment = None
     if as_of:
@@ -161,7 +165,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
     result = runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
-        progress=progress, audit_key=_audit_key(model.audit.key_env),
+        progress=progress, audit_key=_audit_key(model.audit.key_env), record=record,
     )
     click.echo(reports.render(result, fmt), nl=False)
     if result.message and fmt != "text":

@@ -26,7 +26,7 @@ from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
 from retention.engine import monitor, recovery
-from retention.engine.execution import Executor
+from retention.engine.execution import Applied, Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
 from retention.engine.validation import Connected, connect_and_check
@@ -58,8 +58,18 @@ class PolicyOutcome:
     due: int = 0
     held: int = 0
     deferred: int = 0
+    # Done: applied = deleted + anonymised (CONTRACT.md section 3), 0 in a dry run; for a
+    # policy that failed part-way, what its committed batches did.
     applied: int = 0
+    deleted: int = 0
     anonymised: int = 0
+    # Found by the count before any batch: what the run is to do (what a preview predicts).
+    to_delete: int = 0
+    to_anonymise: int = 0
+    # Deferred rows this policy anonymised on an earlier night (on_referenced: anonymise).
+    already_anonymised: int = 0
+    # The run covered only some policies (--policy): the others' removals are not counted in.
+    partial: bool = False
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
     total: int = 0
@@ -116,10 +126,32 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
     )
 
 
-def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
+def _set_counts(outcome: PolicyOutcome, plan: Plan, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
     outcome.deferred_reasons = dict(counts.reasons)
     outcome.total = counts.total
+    if plan.policy.action == "anonymise":
+        outcome.to_anonymise = counts.due
+    else:
+        outcome.to_delete = counts.due - counts.deferred
+        outcome.to_anonymise = counts.to_anonymise
+        if plan.policy.on_referenced == "anonymise":
+            outcome.already_anonymised = counts.deferred - counts.to_anonymise
+
+
+def _set_applied(outcome: PolicyOutcome, applied: Applied) -> None:
+    outcome.deleted, outcome.anonymised = applied.deleted, applied.anonymised
+    outcome.applied = applied.deleted + applied.anonymised
+    outcome.cascaded = dict(applied.cascaded)
+
+
+class _NoAudit:
+    """The audit sink of a dry run: a preview appends nothing (``--record`` adds one entry)."""
+
+    path: Path | None = None
+
+    def append(self, event: str, run: str, **fields: Any) -> dict[str, Any]:
+        return {}
 
 
 def execute_run(
@@ -131,21 +163,29 @@ def execute_run(
     force: bool = False,
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
+    record: bool = False,
 ) -> RunResult:
+    """Enforce the policies, or preview them (``dry_run``).
+
+    A preview is read-only everywhere: no run lock (it must work while the nightly run holds
+    it, and never make that run exit 4), no recovery (that writes), nothing appended to the
+    audit log unless ``record`` (then one ``preview`` entry, at the end).
+    """
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
     selected = select_policies(model, policy_names)
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run)
         stack.callback(connected.dispose)
-
-        lock = stack.enter_context(RunLock(Path(model.audit.path), connected.engines, dry_run=dry_run))
-        del lock
-        log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
 
-        recovery.recover(log_, run_id, model, connected)
-        if not dry_run:
+        log_: Any
+        if dry_run:
+            log_ = _NoAudit()
+        else:
+            stack.enter_context(RunLock(Path(model.audit.path), connected.engines))
+            log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
+            recovery.recover(log_, run_id, model, connected)
             monitor.ping(model.monitor.url, "start", run_id)
 
         order = run_order(selected, connected.schemas, model.database_of)
@@ -172,8 +212,10 @@ def execute_run(
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
         failed = False
+        partial = len(selected) < len(model.policies)
         for plan in plans:
             outcome = _outcome(plan, model)
+            outcome.partial = partial
             result.policies.append(outcome)
             if failed:
                 outcome.status = "skipped"
@@ -186,7 +228,7 @@ def execute_run(
             try:
                 with engine.connect() as conn:
                     counts = plan.count(conn, cascade=dry_run)
-                    _set_counts(outcome, counts)
+                    _set_counts(outcome, plan, counts)
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
                     if share > plan.policy.max_fraction and not force:
                         plan.blocked_by_guard = True
@@ -198,33 +240,37 @@ def execute_run(
                     elif dry_run:
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
-                        outcome.anonymised = counts.to_anonymise
                     conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
                 if not dry_run and outcome.status == "ok" and plan.touched(counts):
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
-                    applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
-                                       moment.in_timezone(model.timezone).naive(), bar).run()
-                    outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
-                    outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
-                    outcome.cascaded = applied.cascaded
-                    if applied.deleted or applied.anonymised:
-                        touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
+                    # Ours, so that what the committed batches did survives a failing batch.
+                    applied = Applied()
+                    try:
+                        Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
+                                 moment.in_timezone(model.timezone).naive(), bar).run(applied)
+                    finally:
+                        _set_applied(outcome, applied)
+                        if applied.deleted or applied.anonymised:
+                            # Also after a failure: committed batches left bytes to purge.
+                            touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
                 failed = True
                 outcome.status = "failed"
                 outcome.error = _first_line(exc)
             outcome.duration_s = round(time.monotonic() - t0, 3)
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
-                        deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
+                        deferred=outcome.deferred, applied=outcome.applied, deleted=outcome.deleted,
+                        anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_s=outcome.duration_s, error=outcome.error)
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
-                     applied=outcome.applied, anonymised=outcome.anonymised, cascaded=outcome.cascaded,
+                     applied=outcome.applied, deleted=outcome.deleted, anonymised=outcome.anonymised,
+                     to_delete=outcome.to_delete, to_anonymise=outcome.to_anonymise, cascaded=outcome.cascaded,
                      status=outcome.status, dry_run=dry_run, duration_s=outcome.duration_s)
 
         pending = False
@@ -250,10 +296,34 @@ def execute_run(
             result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
+        if dry_run and record:
+            _record_preview(model, result, audit_key)
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _record_preview(model: PolicyFile, result: RunResult, audit_key: bytes | None) -> None:
+    """Append the one ``preview`` entry of ``run --dry-run --record``: when, against which policy
+    file, and the counts; no key and no value. A log held by a running job is not waited for:
+    the preview stands, and the result says it was not recorded (exit 1)."""
+    policies = [{
+        "name": o.name, "database": o.database, "table": o.table, "action": o.action, "cutoff": o.cutoff,
+        "basis": o.basis, "status": o.status, "due": o.due, "held": o.held, "deferred": o.deferred,
+        "to_delete": o.to_delete, "to_anonymise": o.to_anonymise, "already_anonymised": o.already_anonymised,
+        "cascaded": o.cascaded, "deferred_reasons": o.deferred_reasons,
+    } for o in result.policies]
+    try:
+        with audit.AuditLog(Path(model.audit.path), audit_key) as log_:
+            log_.append("preview", result.run, as_of=result.as_of, policy_file=model.source,
+                        policy_file_sha256=model.source_sha256, user=getpass.getuser(),
+                        host=socket.gethostname(), version=__version__,
+                        partial=any(o.partial for o in result.policies), policies=policies)
+    except RetentionError as exc:
+        result.exit_code = max(result.exit_code, exc.exit_code)
+        result.status = "failed" if result.status == "ok" else result.status
+        result.message = f"the preview was not recorded: {exc}"
 
 
 def _first_line(exc: BaseException) -> str:

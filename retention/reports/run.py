@@ -24,7 +24,10 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "cutoff": o.cutoff, "cutoff_windows": o.cutoff_windows,
                 "due": o.due, "held": o.held, "deferred": o.deferred,
                 "applied": o.applied, "cascaded": o.cascaded, "status": o.status,
-                "basis": o.basis, "anonymised": o.anonymised, "deferred_reasons": o.deferred_reasons,
+                "basis": o.basis, "deleted": o.deleted, "anonymised": o.anonymised,
+                "to_delete": o.to_delete, "to_anonymise": o.to_anonymise,
+                "already_anonymised": o.already_anonymised, "partial": o.partial,
+                "deferred_reasons": o.deferred_reasons,
                 "sample_keys": o.sample, "table_rows": o.total, "error": o.error,
                 "duration_s": o.duration_s,
             }
@@ -39,7 +42,8 @@ def render_json(result: RunResult) -> str:
 
 
 CSV_COLUMNS = ["run", "as_of", "dry_run", "policy", "database", "table", "action", "basis", "cutoff",
-               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status"]
+               "due", "held", "deferred", "applied", "anonymised", "cascaded", "status",
+               "deleted", "to_delete", "to_anonymise", "already_anonymised"]
 
 
 def render_csv(result: RunResult) -> str:
@@ -49,7 +53,8 @@ def render_csv(result: RunResult) -> str:
     for o in result.policies:
         writer.writerow([result.run, result.as_of, str(result.dry_run).lower(), o.name, o.database, o.table,
                          o.action, o.basis or "", o.cutoff, o.due, o.held, o.deferred, o.applied, o.anonymised,
-                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status])
+                         ";".join(f"{k}={v}" for k, v in o.cascaded.items()), o.status,
+                         o.deleted, o.to_delete, o.to_anonymise, o.already_anonymised])
     return out.getvalue()
 
 
@@ -67,7 +72,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         reasons = ", ".join(f"{n} still referenced by {t}" for t, n in o.deferred_reasons.items())
         lines.append(f"{o.deferred} row(s) kept for now: {reasons or 'still referenced'}")
         if o.fields and o.action == "delete":
-            lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
+            n = o.to_anonymise if dry_run else o.anonymised
+            lines.append(f"  of these, {n} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
         lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)")
     if o.fields and (o.action == "anonymise" or o.deferred):
