@@ -4,6 +4,8 @@ Order matters for the contract's promises: everything that can be wrong with the
 (policy file, databases, schema, ``--as-of``) is found before the lock is taken or any
 data is touched (exit 2); the lock comes before the audit log is opened (exit 4 touches
 nothing); the audit log must be writable before the first batch (exit 1, nothing touched).
+A dry run stops after the input checks: no lock, no recovery, no audit entry (but the one
+``preview`` entry of ``--record``).
 """
 
 from __future__ import annotations
