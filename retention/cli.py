@@ -167,10 +167,17 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
         progress=progress, audit_key=_audit_key(model.audit.key_env), record=record,
     )
-    click.echo(reports.render(result, fmt), nl=False)
+    click.echo(reports.render(result, fmt, _width()), nl=False)
     if result.message and fmt != "text":
         click.echo(result.message, err=True)
     _exit(result.exit_code)
+
+
+def _width() -> int:
+    """The terminal's width for text reports; 100 when stdout is not a terminal (a file, a pipe)."""
+    import shutil
+
+    return max(60, shutil.get_terminal_size((100, 24)).columns) if sys.stdout.isatty() else 100
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import AS_OF, audit_path, file_sha256, invoke, run_cli, unchanged_witness, write_policies
+from helpers import AS_OF, audit_path, file_sha256, ids, invoke, run_cli, unchanged_witness, write_policies
 from test_lock import POLICY, create_sessions, file_lock, server_lock
 from test_run import build_shop
 
@@ -198,3 +198,116 @@ def test_record_appends_one_preview_entry_with_counts_and_no_values(db: TestData
 
     assert invoke(["--policies", str(pf), "run", "--record", "--as-of", AS_OF]).exit_code == 2
     assert len(log.read_bytes().splitlines()) == 1
+
+
+# -- the text preview -------------------------------------------------------------------------
+
+
+def add_doubly_referenced_account(engine: sa.Engine, account: int = 90100) -> None:
+    """A customer gone since 2022 with an invoice of 2023 (kept 7 years) and an open ticket: due,
+    and held back by two tables at once."""
+    import datetime as dt
+
+    from retention.demo import shop_metadata
+
+    t = shop_metadata().tables
+    with engine.begin() as conn:
+        conn.execute(t["accounts"].insert(), [{
+            "id": account, "first_name": "Twee", "last_name": "Redenen", "email": "twee@example.nl",
+            "phone": None, "street": "Kade 2", "postcode": "1011 AB", "city": "Amsterdam",
+            "birth_date": dt.date(1970, 1, 2), "created_at": dt.datetime(2020, 1, 1),
+            "deregistered_at": dt.datetime(2022, 3, 1), "legal_hold": False}])
+        conn.execute(t["invoices"].insert(), [{
+            "id": account, "account_id": account, "number": f"TWO-{account}", "issued_at": dt.date(2023, 1, 5),
+            "customer_name": "Twee Redenen", "billing_street": "Kade 2", "billing_postcode": "1011 AB",
+            "billing_city": "Amsterdam", "total_cents": 100, "vat_cents": 17}])
+        conn.execute(t["tickets"].insert(), [{
+            "id": account, "account_id": account, "subject": "Factuur", "status": "open",
+            "opened_at": dt.datetime(2023, 2, 1), "closed_at": None, "legal_hold": False}])
+
+
+def _overlapping_accounts(engine: sa.Engine) -> set[int]:
+    """Due accounts referenced both by a kept invoice and by a kept ticket (plain SQL)."""
+    from test_run import CUT, INVOICE_DUE, TICKET_REMOVED
+
+    return ids(engine, f"""
+        SELECT a.id FROM accounts a
+        WHERE a.deregistered_at <= '{CUT}' AND NOT a.legal_hold
+          AND EXISTS (SELECT 1 FROM invoices i WHERE i.account_id = a.id AND NOT ({INVOICE_DUE}))
+          AND EXISTS (SELECT 1 FROM tickets t WHERE t.account_id = a.id AND NOT ({TICKET_REMOVED}))
+    """)
+
+
+def test_text_preview_summary_rule_words_and_overlap(db: TestDatabase, tmp_path: Path) -> None:
+    """The text preview starts with one summary line whose numbers equal plain SQL (deleted over
+    all policies, anonymised, held, waiting), says each rule in words, marks overlapping deferral
+    reasons; after the real run, the referenced accounts are "already anonymised", not kept, and
+    the summary counts them as waiting. Every line fits 100 columns (not a terminal)."""
+    from test_run import expected
+
+    pf = build_shop(db, tmp_path)
+    add_doubly_referenced_account(db.engine)
+    exp = expected(db.engine)
+    assert _overlapping_accounts(db.engine) == {90100}
+    deleted = len(exp.accounts_deleted) + len(exp.invoices_due) + len(exp.tickets_due)
+    held = len(exp.accounts_held) + len(exp.tickets_held)
+    children = len(exp.orders_deleted) + len(exp.invoice_lines_deleted) + len(exp.messages_deleted)
+    out = run_cli(pf, "--dry-run", fmt="text")
+    assert out.exit_code == 0, out
+    text = " ".join(out.stdout.split())  # unwrapped, for the phrases
+    first = out.stdout.split("\n")[2]
+    assert first.startswith("Tonight:") or first.startswith("By 2026-11-24 03:00:")
+    assert (f": {deleted:,} deleted, {len(exp.accounts_deferred):,} anonymised, {held:,} kept under a hold, "
+            f"0 waiting for records that must stay ({children:,} child rows go with the deleted rows).") in text
+    assert "deleted 24 months after the account was deregistered (deregistered_at)" in text
+    assert "deleted 7 years after the end of the year in which the invoice was issued (issued_at)" in text
+    assert "deleted 2 years after the ticket was closed (closed_at); only rows where status = closed" in text
+    assert "the reasons overlap" in text
+    assert f"of these, {len(exp.accounts_deferred)} would be anonymised instead" in text
+    assert "as if the other policies" not in text
+    assert max(len(line) for line in out.stdout.splitlines()) <= 100
+
+    assert run_cli(pf).exit_code == 0
+    again = run_cli(pf, "--dry-run", fmt="text")
+    text = " ".join(again.stdout.split())
+    waiting = len(exp.accounts_deferred)
+    assert (f": 0 deleted, 0 anonymised, {held:,} kept under a hold, {waiting:,} waiting for records that "
+            f"must stay ({waiting:,} of the waiting rows were anonymised on an earlier night).") in text
+    assert f"of these, {waiting} already anonymised on an earlier night" in text
+    assert "would be anonymised instead" not in text
+
+
+def test_single_policy_preview_says_it_counts_as_if_the_others_did_not_run(db: TestDatabase, tmp_path: Path) -> None:
+    """`--policy accounts`: the invoices and tickets that the full run removes first still count as
+    references, so more accounts are deferred than in the full preview, and the text says why."""
+    pf = build_shop(db, tmp_path)
+    full = run_cli(pf, "--dry-run").policy("accounts")
+    alone = run_cli(pf, "--dry-run", "--policy", "accounts")
+    assert alone.policy("accounts")["deferred"] > full["deferred"]
+    assert alone.policy("accounts")["partial"] is True and full["partial"] is False
+    text = " ".join(run_cli(pf, "--dry-run", "--policy", "accounts", fmt="text").stdout.split())
+    assert "Only accounts: counted as if the other policies (invoices, correspondence) did not run" in text
+
+
+def test_text_wraps_to_the_terminal_width(monkeypatch: Any) -> None:
+    """On a terminal the width is the terminal's (here 72), elsewhere 100; wrapped lines keep
+    their words whole and continue under the label's text."""
+    import shutil
+
+    from retention import cli
+    from retention.engine.runner import PolicyOutcome, RunResult
+    from retention.reports.run import render_text
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(100, 24): os.terminal_size((72, 24)))
+    assert cli._width() == 72
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert cli._width() == 100
+    o = PolicyOutcome(name="p", database="d", table="accounts", action="delete", basis="word " * 40,
+                      description=None, retain="24 months", align="none", cutoff="c", cutoff_local="c",
+                      after="deregistered_at")
+    text = render_text(RunResult(run="r", as_of="2026-11-24T03:00:00+01:00", dry_run=True, policies=[o]), 72)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 72
+    basis = [i for i, line in enumerate(lines) if line.startswith("   basis:   ")][0]
+    assert lines[basis + 1].startswith(" " * 12 + "word")

@@ -78,6 +78,11 @@ class PolicyOutcome:
     status: str = "ok"
     sample: list[Any] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    # The rule, for the plain-words sentence of the preview.
+    after: str = ""
+    where: dict[str, Any] = field(default_factory=dict)
+    exclude: dict[str, Any] = field(default_factory=dict)
+    on_referenced: str = "defer"
     error: str | None = None
     duration_s: float = 0.0
 
@@ -89,6 +94,10 @@ class RunResult:
     dry_run: bool
     policies: list[PolicyOutcome]
     purges: list[dict[str, Any]] = field(default_factory=list)
+    # Policies of the file this run left out (--policy): its counts ignore what they would do.
+    not_selected: list[str] = field(default_factory=list)
+    timezone: str = ""
+    policy_file_sha256: str = ""
     exit_code: int = EXIT_OK
     status: str = "ok"
     message: str | None = None
@@ -125,6 +134,7 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
         cutoff=plan.cutoff.isoformat(), cutoff_local=plan.cutoff.local.strftime("%Y-%m-%d %H:%M:%S"),
         cutoff_windows=[[lo.isoformat(), hi.isoformat()] for lo, hi in plan.cutoff.windows],
         fields={c: (s if s is not None else "null") for c, s in (p.fields or {}).items()},
+        after=p.after, where=dict(p.where), exclude=dict(p.exclude), on_referenced=p.on_referenced,
     )
 
 
@@ -209,7 +219,9 @@ def execute_run(
                 "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
             } for pl in plans],
         )
-        result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[])
+        result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[],
+                           not_selected=[p.name for p in model.policies if p.name not in {q.name for q in selected}],
+                           timezone=model.timezone, policy_file_sha256=model.source_sha256)
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
