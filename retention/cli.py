@@ -132,15 +132,17 @@ def validate(state: _State) -> None:
 @click.option("--policy", "policy_names", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Evaluate as if now were DATE (ISO 8601; a date means its start). Future dates only with --dry-run.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
-              help="Result format on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
+              show_default=True, help="Result format (html: with --dry-run, a printable preview to sign).")
+@click.option("-o", "--output", "output", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write the result to FILE instead of stdout.")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
 @click.option("--record", is_flag=True,
               help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool, record: bool) -> None:
+        output: str | None, force: bool, record: bool) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -155,6 +157,10 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
 
     if record and not dry_run:
         raise UsageError("--record goes with --dry-run (a real run is always in the audit log)")
+    if fmt == "html" and not dry_run:
+        raise UsageError("--format html is the printable preview: use it with --dry-run")
+    if output and not Path(output).resolve().parent.is_dir():
+        raise UsageError(f"-o {output}: directory {Path(output).parent} does not exist")
     model = state.load()
     moment = None
     if as_of:
@@ -167,7 +173,15 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
         progress=progress, audit_key=_audit_key(model.audit.key_env), record=record,
     )
-    click.echo(reports.render(result, fmt, _width()), nl=False)
+    rendered = reports.render(result, fmt, _width() if not output else 100)
+    if output:
+        try:
+            Path(output).write_text(rendered, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"-o {output}: cannot write: {exc.strerror}") from None
+        click.echo(f"{output}: {fmt} written", err=True)
+    else:
+        click.echo(rendered, nl=False)
     if result.message and fmt != "text":
         click.echo(result.message, err=True)
     _exit(result.exit_code)

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import textwrap
+from dataclasses import dataclass
 from typing import Any
 
 import pendulum
@@ -94,37 +95,60 @@ def rule_words(o: PolicyOutcome) -> str:
         when = f"{o.retain} after {event}{column}"
     words = f"{done} {when}"
     if o.where:
-        words += "; only rows where " + " and ".join(f"{c} = {_value(v)}" for c, v in o.where.items())
+        words += "; only rows where " + " and ".join(f"{c} = {value_words(v)}" for c, v in o.where.items())
     if o.action == "delete" and o.on_referenced == "anonymise":
         words += "; anonymised instead while a kept record still references it"
     return words
 
 
-def _value(value: Any) -> str:
+def value_words(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class Totals:
+    """The night over all policies, as the preview's first line and the printable page say it."""
+
+    deleted: int
+    anonymised: int
+    held: int
+    waiting: int
+    already_anonymised: int
+    children: int
+
+
+def totals(result: RunResult) -> Totals:
+    dry = result.dry_run
+    return Totals(
+        deleted=sum(o.to_delete if dry else o.deleted for o in result.policies),
+        anonymised=sum(o.to_anonymise if dry else o.anonymised for o in result.policies),
+        held=sum(o.held for o in result.policies),
+        # Deferred and not anonymised tonight: they stay as they are (some anonymised earlier).
+        waiting=sum(o.deferred - o.to_anonymise for o in result.policies if o.action == "delete"),
+        already_anonymised=sum(o.already_anonymised for o in result.policies),
+        children=sum(n for o in result.policies for n in o.cascaded.values()),
+    )
+
+
+def when_words(result: RunResult) -> str:
+    """ "Tonight" for a preview of now, "By <moment>" for one with another --as-of."""
+    if not result.dry_run:
+        return "This run"
+    as_of = pendulum.parse(result.as_of)
+    near = abs((as_of - pendulum.now()).total_seconds()) < 12 * 3600  # type: ignore[operator]
+    return "Tonight" if near else f"By {as_of.strftime('%Y-%m-%d %H:%M')}"  # type: ignore[union-attr]
 
 
 def _summary(result: RunResult) -> str:
     """One line over all policies: the first thing a DPO reads."""
-    dry = result.dry_run
-    deleted = sum(o.to_delete if dry else o.deleted for o in result.policies)
-    anonymised = sum(o.to_anonymise if dry else o.anonymised for o in result.policies)
-    held = sum(o.held for o in result.policies)
-    waiting = sum(o.deferred - o.to_anonymise for o in result.policies if o.action == "delete")
-    earlier = sum(o.already_anonymised for o in result.policies)
-    children = sum(n for o in result.policies for n in o.cascaded.values())
-    when = "This run"
-    if dry:
-        as_of = pendulum.parse(result.as_of)
-        near = abs((as_of - pendulum.now()).total_seconds()) < 12 * 3600  # type: ignore[operator]
-        when = "Tonight" if near else f"By {as_of.strftime('%Y-%m-%d %H:%M')}"  # type: ignore[union-attr]
-    line = (f"{when}: {_n(deleted)} deleted, {_n(anonymised)} anonymised, {_n(held)} kept under a hold, "
-            f"{_n(waiting)} waiting for records that must stay")
+    t = totals(result)
+    line = (f"{when_words(result)}: {_n(t.deleted)} deleted, {_n(t.anonymised)} anonymised, {_n(t.held)} kept "
+            f"under a hold, {_n(t.waiting)} waiting for records that must stay")
     notes = []
-    if children:
-        notes.append(f"{_n(children)} child rows {'go' if dry else 'went'} with the deleted rows")
-    if earlier:
-        notes.append(f"{_n(earlier)} of the waiting rows were anonymised on an earlier night")
+    if t.children:
+        notes.append(f"{_n(t.children)} child rows {'go' if result.dry_run else 'went'} with the deleted rows")
+    if t.already_anonymised:
+        notes.append(f"{_n(t.already_anonymised)} of the waiting rows were anonymised on an earlier night")
     return line + (f" ({'; '.join(notes)})" if notes else "") + "."
 
 
@@ -154,7 +178,7 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         else:
             lines.append("  they stay as they are and are deleted once nothing references them")
     if o.held:
-        holds = " or ".join(f"{c} = {_value(v)}" for c, v in o.exclude.items())
+        holds = " or ".join(f"{c} = {value_words(v)}" for c, v in o.exclude.items())
         lines.append(f"{_n(o.held)} row(s) past their term kept under a hold ({holds or 'exclude'})")
     if o.fields and (o.action == "anonymise" or o.deferred):
         lines.append("fields: " + ", ".join(f"{c} -> {s}" for c, s in o.fields.items()))
@@ -221,4 +245,8 @@ def render_text(result: RunResult, width: int = 100) -> str:
 def render(result: RunResult, fmt: str, width: int = 100) -> str:
     if fmt == "text":
         return render_text(result, width)
+    if fmt == "html":
+        from retention.reports.preview_html import render_preview_html
+
+        return render_preview_html(result)
     return {"json": render_json, "csv": render_csv}[fmt](result)
