@@ -136,13 +136,15 @@ def validate(state: _State) -> None:
               show_default=True, help="Result format (html: with --dry-run, a printable preview to sign).")
 @click.option("-o", "--output", "output", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the result to FILE instead of stdout.")
+@click.option("--keys", "keys_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --dry-run: every past-term key and its fate to FILE (CSV: policy,table,key,fate,reason).")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
 @click.option("--record", is_flag=True,
               help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        output: str | None, force: bool, record: bool) -> None:
+        output: str | None, keys_file: str | None, force: bool, record: bool) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -159,6 +161,8 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         raise UsageError("--record goes with --dry-run (a real run is always in the audit log)")
     if fmt == "html" and not dry_run:
         raise UsageError("--format html is the printable preview: use it with --dry-run")
+    if keys_file and not dry_run:
+        raise UsageError("--keys goes with --dry-run (the audit log lists the keys a real run changed)")
     if output and not Path(output).resolve().parent.is_dir():
         raise UsageError(f"-o {output}: directory {Path(output).parent} does not exist")
     model = state.load()
@@ -172,6 +176,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     result = runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
         progress=progress, audit_key=_audit_key(model.audit.key_env), record=record,
+        keys_file=Path(keys_file) if keys_file else None,
     )
     rendered = reports.render(result, fmt, _width() if not output else 100)
     if output:

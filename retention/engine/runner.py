@@ -10,6 +10,7 @@ A dry run stops after the input checks: no lock, no recovery, no audit entry (bu
 
 from __future__ import annotations
 
+import csv
 import getpass
 import socket
 import time
@@ -27,7 +28,7 @@ from retention import __version__
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import monitor, recovery
+from retention.engine import keys, monitor, recovery
 from retention.engine.execution import Applied, Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
@@ -176,6 +177,7 @@ def execute_run(
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
     record: bool = False,
+    keys_file: Path | None = None,
 ) -> RunResult:
     """Enforce the policies, or preview them (``dry_run``).
 
@@ -191,6 +193,9 @@ def execute_run(
         stack.callback(connected.dispose)
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
 
+        write_key: Callable[[list[Any]], None] | None = None
+        if keys_file is not None:
+            write_key = _open_keys_file(stack, keys_file)
         log_: Any
         if dry_run:
             log_ = _NoAudit()
@@ -254,6 +259,8 @@ def execute_run(
                     elif dry_run:
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
+                        if write_key is not None:
+                            keys.write_keys(conn, plan, write_key)
                     conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
@@ -316,6 +323,16 @@ def execute_run(
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _open_keys_file(stack: ExitStack, path: Path) -> Callable[[list[Any]], None]:
+    try:
+        f = stack.enter_context(path.open("w", encoding="utf-8", newline=""))
+    except OSError as exc:
+        raise UsageError(f"--keys {path}: cannot write: {exc.strerror}") from None
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(keys.HEADER)
+    return writer.writerow
 
 
 def _record_preview(model: PolicyFile, result: RunResult, audit_key: bytes | None) -> None:
