@@ -221,6 +221,39 @@ def _audit_key(env_name: str | None) -> bytes | None:
     return value.encode() if value else None
 
 
+@main.command()
+@click.argument("policy_name", metavar="POLICY")
+@click.argument("key", metavar="KEY")
+@click.option("--as-of", "as_of", metavar="DATE", help="Explain as if now were DATE (ISO 8601).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@_guard
+def explain(state: _State, policy_name: str, key: str, as_of: str | None, fmt: str) -> None:
+    """One row's event, term end, and fate tonight, and why. Reads only.
+
+    \b
+    Examples:
+      retention explain accounts 1042       what happens to account 1042 tonight, and why
+    """
+    import json
+
+    from retention.engine import explain as explain_mod
+    from retention.policy import dates
+
+    model = state.load()
+    moment = None
+    if as_of:
+        try:
+            moment = dates.parse_as_of(as_of, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc)) from None
+    result = explain_mod.explain(model, policy_name, key, moment)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(explain_mod.render_text(result), nl=False)
+
+
 @main.group()
 def audit() -> None:
     """Read and check the audit log (verify, head, show)."""

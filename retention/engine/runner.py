@@ -167,6 +167,19 @@ class _NoAudit:
         return {}
 
 
+def build_plans(model: PolicyFile, selected: Sequence[Policy], connected: Connected,
+                moment: pendulum.DateTime) -> list[Plan]:
+    """The policies compiled in run order (children before parents), each knowing the earlier
+    ones of its database (what they remove no longer holds a row back)."""
+    plans: list[Plan] = []
+    for p in run_order(selected, connected.schemas, model.database_of):
+        db = model.database_of(p)
+        cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
+        earlier = [q for q in plans if q.database == db]
+        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier))
+    return plans
+
+
 def execute_run(
     model: PolicyFile,
     *,
@@ -205,13 +218,7 @@ def execute_run(
             recovery.recover(log_, run_id, model, connected)
             monitor.ping(model.monitor.url, "start", run_id)
 
-        order = run_order(selected, connected.schemas, model.database_of)
-        plans: list[Plan] = []
-        for p in order:
-            db = model.database_of(p)
-            cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
-            earlier = [q for q in plans if q.database == db]
-            plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier))
+        plans = build_plans(model, selected, connected, moment)
 
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
