@@ -151,7 +151,11 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     Examples:
       retention run --dry-run                      what would go tonight
       retention run --dry-run --as-of 2027-01-01   what goes by 1 January
+      retention run --dry-run --format html -o preview.html   a printable preview to sign
+      retention run --dry-run --keys keys.csv      every key and its fate
       retention run --format json                  the nightly job
+
+    A dry run takes no lock and writes nothing (not even to the audit log, unless --record).
     """
     from retention.engine import runner
     from retention.policy import dates

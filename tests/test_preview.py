@@ -311,3 +311,24 @@ def test_text_wraps_to_the_terminal_width(monkeypatch: Any) -> None:
     assert max(map(len, lines)) <= 72
     basis = [i for i, line in enumerate(lines) if line.startswith("   basis:   ")][0]
     assert lines[basis + 1].startswith(" " * 12 + "word")
+
+
+def test_summary_leaves_out_a_policy_the_safety_guard_blocks(db: TestDatabase, tmp_path: Path) -> None:
+    """correspondence blocked by max_fraction: tonight's numbers hold only the policies that run
+    (its tickets then keep their accounts), and the summary names what it left out."""
+    import copy
+
+    from helpers import SHOP_POLICIES
+    from test_run import expected
+
+    policies = copy.deepcopy(SHOP_POLICIES)
+    policies[2]["max_fraction"] = 0.01
+    pf = build_shop(db, tmp_path, policies=policies)
+    exp = expected(db.engine, tickets_removed=False)
+    full = expected(db.engine)
+    out = run_cli(pf, "--dry-run", fmt="text")
+    assert out.exit_code == 3, out
+    text = " ".join(out.stdout.split())
+    deleted = len(exp.accounts_deleted) + len(exp.invoices_due)
+    assert f": {deleted:,} deleted, {len(exp.accounts_deferred):,} anonymised," in text
+    assert f"not counted: {len(full.tickets_due):,} rows of correspondence, which a safety guard blocks" in text

@@ -102,6 +102,9 @@ def render_preview_html(result: RunResult) -> str:
     earlier = (f" Of the waiting rows, {_count('already_anonymised', t.already_anonymised)} were anonymised on an "
                "earlier night." if t.already_anonymised else "")
     children = (f" {_count('children', t.children)} child rows go with the deleted rows." if t.children else "")
+    if t.blocked_by:
+        children += (f" Not counted: {_count('blocked', t.blocked)} rows of {_e(', '.join(t.blocked_by))}, which a "
+                     "safety guard (max_fraction) blocks.")
     cards = "".join(
         f'<div class="card"><b>{_count(key, n)}</b><span>{_e(label)}</span></div>'
         for key, n, label in (("deleted", t.deleted, "rows deleted"), ("anonymised", t.anonymised, "rows anonymised"),

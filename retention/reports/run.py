@@ -115,18 +115,26 @@ class Totals:
     waiting: int
     already_anonymised: int
     children: int
+    # Rows a safety guard keeps from changing tonight (max_fraction), and by which policies.
+    blocked: int = 0
+    blocked_by: tuple[str, ...] = ()
 
 
 def totals(result: RunResult) -> Totals:
     dry = result.dry_run
+    # A blocked policy changes nothing: its rows are not in tonight's numbers (its block says them).
+    going = [o for o in result.policies if o.status != "blocked"]
+    stopped = [o for o in result.policies if o.status == "blocked"]
     return Totals(
-        deleted=sum(o.to_delete if dry else o.deleted for o in result.policies),
-        anonymised=sum(o.to_anonymise if dry else o.anonymised for o in result.policies),
+        blocked=sum(o.to_delete + o.to_anonymise for o in stopped),
+        blocked_by=tuple(o.name for o in stopped),
+        deleted=sum(o.to_delete if dry else o.deleted for o in going),
+        anonymised=sum(o.to_anonymise if dry else o.anonymised for o in going),
         held=sum(o.held for o in result.policies),
         # Deferred and not anonymised tonight: they stay as they are (some anonymised earlier).
-        waiting=sum(o.deferred - o.to_anonymise for o in result.policies if o.action == "delete"),
-        already_anonymised=sum(o.already_anonymised for o in result.policies),
-        children=sum(n for o in result.policies for n in o.cascaded.values()),
+        waiting=sum(o.deferred - o.to_anonymise for o in going if o.action == "delete"),
+        already_anonymised=sum(o.already_anonymised for o in going),
+        children=sum(n for o in going for n in o.cascaded.values()),
     )
 
 
@@ -149,6 +157,8 @@ def _summary(result: RunResult) -> str:
         notes.append(f"{_n(t.children)} child rows {'go' if result.dry_run else 'went'} with the deleted rows")
     if t.already_anonymised:
         notes.append(f"{_n(t.already_anonymised)} of the waiting rows were anonymised on an earlier night")
+    if t.blocked_by:
+        notes.append(f"not counted: {_n(t.blocked)} rows of {', '.join(t.blocked_by)}, which a safety guard blocks")
     return line + (f" ({'; '.join(notes)})" if notes else "") + "."
 
 
