@@ -137,3 +137,25 @@ def test_explain_refuses_unknown_policy_and_a_bad_key(sqlite_db: TestDatabase, t
     assert out.exit_code == 2 and "'abc' is not a whole number" in out.stderr
     data = json.loads(invoke(["--policies", str(pf), "explain", "accounts", "999999", "--format", "json"]).stdout)
     assert (data["fate"], data["found"]) == ("absent", False)
+
+
+def test_explain_an_anonymise_policy(db: TestDatabase, tmp_path: Path) -> None:
+    """An anonymise policy: a due member is to be anonymised, a held one held, a recent one kept
+    until its term end; after the run the due member is `anonymised`, on the night the audit
+    log names."""
+    from helpers import write_policies
+    from test_batches import DUE, HELD, KEPT, create_members, members_policy
+
+    create_members(db.engine)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [members_policy(batch_size=100)])
+    assert _explain(pf, "members", DUE[0])["fate"] == "anonymise"
+    held = _explain(pf, "members", HELD)
+    assert held["fate"] == "held" and "legal_hold = true" in held["reasons"][0]
+    kept = _explain(pf, "members", KEPT)
+    assert (kept["fate"], kept["event"], kept["term_end"]) == ("kept", "2026-03-01 00:00:00", "2028-03-01 00:00:00")
+
+    assert run_cli(pf).exit_code == 0
+    done = _explain(pf, "members", DUE[0])
+    assert done["fate"] == "anonymised"
+    assert [h["action"] for h in done["history"]] == ["anonymise"]
+    assert any(r.startswith("anonymised on ") for r in done["reasons"])

@@ -124,3 +124,16 @@ def test_keys_file_streams_in_chunks(sqlite_db: TestDatabase, db_factory: Any, t
     n_big, peak_big = _peak(sqlite_db, tmp_path / "big", 222_222)
     assert (n_small, n_big) == (20_000, 200_000)
     assert peak_big < peak_small * 1.5 + 2_000_000, (peak_small, peak_big)
+
+
+def test_keys_file_of_an_anonymise_policy(db: TestDatabase, tmp_path: Path) -> None:
+    """An anonymise policy: the due rows are `anonymise`, the held one `held`; after the run only
+    the held one is left to list (anonymised rows are done with)."""
+    from helpers import write_policies
+    from test_batches import DUE, HELD, create_members, members_policy
+
+    create_members(db.engine)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [members_policy(batch_size=100)])
+    assert _by_fate(_keys(pf, tmp_path / "k1.csv"), "members") == {"anonymise": set(DUE), "held": {HELD}}
+    assert run_cli(pf).exit_code == 0
+    assert _by_fate(_keys(pf, tmp_path / "k2.csv"), "members") == {"held": {HELD}}
