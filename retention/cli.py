@@ -255,7 +255,7 @@ def explain(state: _State, policy_name: str, key: str, as_of: str | None, fmt: s
     if fmt == "json":
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
     else:
-        click.echo(explain_mod.render_text(result), nl=False)
+        click.echo(explain_mod.render_text(result, _width()), nl=False)
 
 
 @main.group()

@@ -10,6 +10,7 @@ the row is gone or already anonymised, the audit log (read only) says on which n
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,17 @@ def _goes(refs: list[Referrer]) -> str:
     return f"deleted once nothing references it: on the first run at or after {latest}, unless something new does"
 
 
-def render_text(e: Explanation) -> str:
+def render_text(e: Explanation, width: int = 100) -> str:
+    """For people: one labelled line per fact, wrapped to ``width`` under the label's text."""
+    lines = _lines(e)
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width=width, subsequent_indent=" " * 13, break_long_words=False,
+                             break_on_hyphens=False) or [line]
+    return "\n".join(out) + "\n"
+
+
+def _lines(e: Explanation) -> list[str]:
     lines = [f"{e.policy}: {e.table} key {e.key}, as of {e.as_of}"]
     if e.found:
         lines.append(f"  event:     {e.event if e.event is not None else '(none yet)'}")
@@ -292,4 +303,4 @@ def render_text(e: Explanation) -> str:
         lines.append(f"  goes:      {e.goes}")
     for h in e.history:
         lines.append(f"  history:   {h['action']} on {h['ts']} (run {h['run']}, batch {h['batch']})")
-    return "\n".join(lines) + "\n"
+    return lines
