@@ -159,3 +159,25 @@ def test_explain_an_anonymise_policy(db: TestDatabase, tmp_path: Path) -> None:
     assert done["fate"] == "anonymised"
     assert [h["action"] for h in done["history"]] == ["anonymise"]
     assert any(r.startswith("anonymised on ") for r in done["reasons"])
+
+
+def test_explain_follows_the_safety_guard(db: TestDatabase, tmp_path: Path) -> None:
+    """correspondence blocked by max_fraction: its due ticket is `blocked` (nothing of the policy
+    changes tonight), and an account whose only hold-back was that ticket is now held back by it,
+    as in the run."""
+    import copy
+
+    from helpers import SHOP_POLICIES
+
+    policies = copy.deepcopy(SHOP_POLICIES)
+    policies[2]["max_fraction"] = 0.01
+    pf = build_shop(db, tmp_path, policies=policies)
+    full, blocked = expected(db.engine), expected(db.engine, tickets_removed=False)
+    ticket = min(full.tickets_due)
+    e = _explain(pf, "correspondence", ticket)
+    assert e["fate"] == "blocked" and "max_fraction" in e["reasons"][-1]
+    account = min(full.accounts_deleted & blocked.accounts_deferred)
+    e = _explain(pf, "accounts", account)
+    assert e["fate"] == "anonymise" and "tickets" in {r["table"] for r in e["referenced_by"]}
+    assert run_cli(pf).exit_code == 3
+    assert ids(db.engine, "SELECT id FROM accounts WHERE id = :k", k=account) == {account}

@@ -48,7 +48,8 @@ class Explanation:
     found: bool = True
     event: str | None = None
     term_end: str | None = None
-    fate: str = ""  # delete | anonymise | held | deferred | kept | not covered | anonymised | absent
+    # delete | anonymise | held | deferred | kept | not covered | anonymised | absent | blocked
+    fate: str = ""
     reasons: list[str] = field(default_factory=list)
     goes: str | None = None
     referenced_by: list[Referrer] = field(default_factory=list)
@@ -161,9 +162,14 @@ def explain(model: PolicyFile, policy_name: str, key_text: str,
         plans = build_plans(model, model.policies, connected, moment)
         plan = next(pl for pl in plans if pl.policy.name == policy_name)
         key = _key_value(plan, key_text)
+        _weigh_guards(plans[:plans.index(plan) + 1], connected.engines)
         with connected.engines[plan.database].connect() as conn:
             result = _explain(conn, plan, model, key, moment)
             conn.rollback()
+        if plan.blocked_by_guard and result.fate in ("delete", "anonymise"):
+            result.reasons.append(f"but the policy's safety guard (max_fraction {plan.policy.max_fraction:.0%}) "
+                                  f"blocks it tonight: it would {result.fate} this row, and changes nothing")
+            result.fate = "blocked"
     finally:
         connected.dispose()
     if result.fate in ("absent", "deferred", "anonymised"):
@@ -176,6 +182,17 @@ def explain(model: PolicyFile, policy_name: str, key_text: str,
             elif result.fate != "absent" and last["action"] == "anonymise":
                 result.reasons.append(f"anonymised on {when} (run {last['run']}, batch {last['batch']})")
     return result
+
+
+def _weigh_guards(plans: list[Plan], engines: dict[str, sa.Engine]) -> None:
+    """Mark the plans the run's safety guard blocks (without --force), in run order: a blocked
+    policy removes nothing, so its rows still hold later policies' rows back, as in the run."""
+    for pl in plans:
+        with engines[pl.database].connect() as conn:
+            counts = pl.count(conn)
+            conn.rollback()
+        share = pl.touched(counts) / counts.total if counts.total else 0.0
+        pl.blocked_by_guard = share > pl.policy.max_fraction
 
 
 def _explain(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any, moment: pendulum.DateTime) -> Explanation:
