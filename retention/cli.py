@@ -299,9 +299,15 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @click.option("--policy", "policy_names", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Evaluate as if now were DATE (ISO 8601; a date means its start). Future dates only with --dry-run.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
-              help="Result format on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text",
+              show_default=True, help="Result format (html: with --dry-run, a printable preview to sign).")
+@click.option("-o", "--output", "output", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write the result to FILE instead of stdout.")
+@click.option("--keys", "keys_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --dry-run: every past-term key and its fate to FILE (CSV: policy,table,key,fate,reason).")
 @click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--record", is_flag=True,
+              help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
 @click.option("--metrics-file", "metrics_file", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write Prometheus metrics (node exporter textfile format) to PATH, atomically; "
                    "also on a failed night. Not with --dry-run.")
@@ -310,21 +316,35 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool, metrics_file: str | None, database: str | None, database_index: int | None) -> None:
+        output: str | None, keys_file: str | None, force: bool, record: bool, metrics_file: str | None,
+        database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
     Examples:
       retention run --dry-run                      what would go tonight
       retention run --dry-run --as-of 2027-01-01   what goes by 1 January
+      retention run --dry-run --format html -o preview.html   a printable preview to sign
+      retention run --dry-run --keys keys.csv      every key and its fate
       retention --log-format json run --format json   the nightly job
       retention run --database-index 2             the third database only (a fleet)
+
+    A dry run takes no lock and writes nothing (not even to the audit log, unless --record).
     """
     if metrics_file and dry_run:
         raise UsageError("--metrics-file is for real runs: a --dry-run changes nothing to count")
+    if record and not dry_run:
+        raise UsageError("--record goes with --dry-run (a real run is always in the audit log)")
+    if fmt == "html" and not dry_run:
+        raise UsageError("--format html is the printable preview: use it with --dry-run")
+    if keys_file and not dry_run:
+        raise UsageError("--keys goes with --dry-run (the audit log lists the keys a real run changed)")
+    if output and not Path(output).resolve().parent.is_dir():
+        raise UsageError(f"-o {output}: directory {Path(output).parent} does not exist")
     started = time.monotonic()
     try:
-        result = _run(state, dry_run, policy_names, as_of, force, database, database_index)
+        result = _run(state, dry_run, policy_names, as_of, force, database, database_index, record,
+                      Path(keys_file) if keys_file else None)
     except Exception as exc:
         # A night that ends in exit 2 or 4 must show in the metrics too, not leave last night's file.
         if metrics_file:
@@ -332,23 +352,30 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         raise
     if metrics_file:
         _write_metrics(state, Path(metrics_file), result, result.exit_code, started)
-    if not state.quiet:
-        from retention.reports import run as reports
+    from retention.reports import run as reports
 
-        text = reports.render(result, fmt)
+    if output:
+        try:
+            Path(output).write_text(reports.render(result, fmt, 100), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"-o {output}: cannot write: {exc.strerror}") from None
+        if not state.quiet and not state.json:
+            click.echo(f"{output}: {fmt} written", err=True)
+    elif not state.quiet:
+        text = reports.render(result, fmt, _width())
         if fmt == "json" and state.json:
             # One line, so that a stream carrying stdout and stderr together (journald,
             # `kubectl logs`, a cron log file) stays JSON lines.
             text = json.dumps(json.loads(text), ensure_ascii=False) + "\n"
         click.echo(text, nl=False)
     # Under --log-format json the run.end log line carries the message already.
-    if result.message and not state.json and (fmt != "text" or state.quiet):
+    if result.message and not state.json and (fmt != "text" or state.quiet or output):
         click.echo(result.message, err=True)
     _exit(result.exit_code)
 
 
 def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, force: bool,
-         database: str | None, database_index: int | None) -> Any:
+         database: str | None, database_index: int | None, record: bool, keys_file: Path | None) -> Any:
     from retention.engine import runner
     from retention.policy import dates
 
@@ -364,8 +391,8 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
     progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
     return runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
-        progress=progress,
-        audit_key=_audit_key(model.audit.key_env, required=not dry_run, where=f"{state.policy_path}: "),
+        progress=progress, record=record, keys_file=keys_file,
+        audit_key=_audit_key(model.audit.key_env, required=not dry_run or record, where=f"{state.policy_path}: "),
     )
 
 
@@ -374,16 +401,21 @@ def _write_metrics(state: _State, path: Path, result: Any, exit_code: int, start
 
     rows: list[RowCount] = []
     for o in result.policies if result is not None else []:
-        deleted = o.applied if o.action == "delete" else 0
-        anonymised = o.anonymised + (o.applied if o.action != "delete" else 0)
-        rows += [RowCount(o.name, o.database, "deleted", deleted),
-                 RowCount(o.name, o.database, "anonymised", anonymised),
+        rows += [RowCount(o.name, o.database, "deleted", o.deleted),
+                 RowCount(o.name, o.database, "anonymised", o.anonymised),
                  RowCount(o.name, o.database, "cascaded", sum(o.cascaded.values()))]
     try:
         write_metrics(path, rows, exit_code=exit_code, duration_s=time.monotonic() - started)
     except OSError as exc:
         # The run's outcome stands; monitoring notices the stale file by its timestamps.
         state.say("warning", f"--metrics-file {path}: cannot write: {exc.strerror or exc}")
+
+
+def _width() -> int:
+    """The terminal's width for text reports; 100 when stdout is not a terminal (a file, a pipe)."""
+    import shutil
+
+    return max(60, shutil.get_terminal_size((100, 24)).columns) if sys.stdout.isatty() else 100
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:
@@ -417,6 +449,39 @@ def _audit_key(env_name: str | None, *, required: bool, where: str = "") -> byte
         raise UsageError(f"{where}audit.key_env names ${env_name}, which is not set (or empty): the audit "
                          "chain is keyed and nothing was written without the key; set it, or remove key_env")
     return None
+
+
+@main.command()
+@click.argument("policy_name", metavar="POLICY")
+@click.argument("key", metavar="KEY")
+@click.option("--as-of", "as_of", metavar="DATE", help="Explain as if now were DATE (ISO 8601).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@_guard
+def explain(state: _State, policy_name: str, key: str, as_of: str | None, fmt: str) -> None:
+    """One row's event, term end, and fate tonight, and why. Reads only.
+
+    \b
+    Examples:
+      retention explain accounts 1042       what happens to account 1042 tonight, and why
+    """
+    import json
+
+    from retention.engine import explain as explain_mod
+    from retention.policy import dates
+
+    model = state.load()
+    moment = None
+    if as_of:
+        try:
+            moment = dates.parse_as_of(as_of, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc)) from None
+    result = explain_mod.explain(model, policy_name, key, moment)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(explain_mod.render_text(result, _width()), nl=False)
 
 
 @main.group()

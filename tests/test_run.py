@@ -234,12 +234,16 @@ def test_dry_run_and_real_run_counts_equal_plain_sql_and_dry_run_changes_nothing
     assert real.exit_code == 0, real
     assert real.data["dry_run"] is False
     _assert_counts(real, exp)
-    assert real.policy("accounts")["applied"] == len(exp.accounts_deleted)
-    assert real.policy("invoices")["applied"] == len(exp.invoices_due)
+    # applied = deleted + anonymised (CONTRACT.md section 3): the deferred accounts are anonymised.
+    accounts = real.policy("accounts")
+    assert (accounts["deleted"], accounts["anonymised"]) == (len(exp.accounts_deleted), len(exp.accounts_deferred))
+    assert accounts["applied"] == len(exp.accounts_deleted) + len(exp.accounts_deferred)
+    assert real.policy("invoices")["applied"] == real.policy("invoices")["deleted"] == len(exp.invoices_due)
     assert real.policy("correspondence")["applied"] == len(exp.tickets_due)
     for name in ("accounts", "invoices", "correspondence"):
         d, r = dry.policy(name), real.policy(name)
-        assert d["due"] == r["applied"] + r["deferred"], name
+        assert d["due"] == r["deleted"] + r["deferred"], name
+        assert (d["to_delete"], d["to_anonymise"]) == (r["deleted"], r["anonymised"]), name
         assert d["cascaded"] == r["cascaded"], name
         assert r["status"] == "ok"
     # The preview's sample: the first keys the run changes (deferred accounts are anonymised).
@@ -353,7 +357,8 @@ def test_max_fraction_blocks_that_policy_only_and_force_overrides(db: TestDataba
     acc = blocked.policy("accounts")
     assert acc["status"] == "ok"
     assert acc["deferred"] == len(exp_blocked.accounts_deferred)
-    assert acc["applied"] == len(exp_blocked.accounts_deleted)
+    assert acc["deleted"] == len(exp_blocked.accounts_deleted)
+    assert acc["applied"] == acc["deleted"] + acc["anonymised"] == len(exp_blocked.accounts_due)
     assert ids(db.engine, "SELECT id FROM accounts") >= exp_blocked.accounts_deferred
 
     forced = run_cli(policy_file, "--force")

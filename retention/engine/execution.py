@@ -77,8 +77,10 @@ class Executor:
         self.progress = progress or (lambda n: None)
         self.dialect = engine.dialect.name
 
-    def run(self) -> Applied:
-        applied = Applied()
+    def run(self, applied: Applied | None = None) -> Applied:
+        """Walk and change every due row. ``applied`` is filled as batches commit, so a caller
+        that passes its own still knows what the committed batches did when a later one fails."""
+        applied = applied if applied is not None else Applied()
         self._loop(applied)
         return applied
 

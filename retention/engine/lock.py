@@ -4,6 +4,9 @@ A file lock (``flock``) next to the audit log is released by the kernel when the
 dies, so a killed run never leaves a stale lock behind. Server databases add an advisory
 lock (``pg_try_advisory_lock`` / ``GET_LOCK``) held on a dedicated connection, for two hosts
 pointed at the same server.
+
+Only a real run takes it: a preview (``--dry-run``) writes nothing, so it neither needs the
+lock nor may it make the nightly run exit 4 by holding it.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ def server_lock_name(engine: sa.Engine) -> str:
 
 
 class RunLock:
-    def __init__(self, audit_path: Path, engines: dict[str, sa.Engine], dry_run: bool = False) -> None:
+    def __init__(self, audit_path: Path, engines: dict[str, sa.Engine]) -> None:
         self.path = audit_path.with_name(audit_path.name + ".lock")
         self.engines = engines
-        self.dry_run = dry_run
         self._fd: int | None = None
         self._conns: list[sa.Connection] = []
 

@@ -4,10 +4,13 @@ Order matters for the contract's promises: everything that can be wrong with the
 (policy file, databases, schema, ``--as-of``) is found before the lock is taken or any
 data is touched (exit 2); the lock comes before the audit log is opened (exit 4 touches
 nothing); the audit log must be writable before the first batch (exit 1, nothing touched).
+A dry run stops after the input checks: no lock, no recovery, no audit entry (but the one
+``preview`` entry of ``--record``).
 """
 
 from __future__ import annotations
 
+import csv
 import getpass
 import socket
 import time
@@ -27,8 +30,8 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import monitor, recovery
-from retention.engine.execution import Executor
+from retention.engine import keys, monitor, recovery
+from retention.engine.execution import Applied, Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
 from retention.engine.validation import Connected, connect_and_check
@@ -63,8 +66,18 @@ class PolicyOutcome:
     # Kept because `after` is not a date (dialects.readable_date); all of them but malformed
     # dates later than the cut-off, which only `validate` counts (a scan of the table).
     unreadable: int = 0
+    # Done: applied = deleted + anonymised (CONTRACT.md section 3), 0 in a dry run; for a
+    # policy that failed part-way, what its committed batches did.
     applied: int = 0
+    deleted: int = 0
     anonymised: int = 0
+    # Found by the count before any batch: what the run is to do (what a preview predicts).
+    to_delete: int = 0
+    to_anonymise: int = 0
+    # Deferred rows this policy anonymised on an earlier night (on_referenced: anonymise).
+    already_anonymised: int = 0
+    # The run covered only some policies (--policy): the others' removals are not counted in.
+    partial: bool = False
     cascaded: dict[str, int] = field(default_factory=dict)
     deferred_reasons: dict[str, int] = field(default_factory=dict)
     held_reasons: dict[str, int] = field(default_factory=dict)
@@ -79,6 +92,11 @@ class PolicyOutcome:
     status: str = "ok"
     sample: list[Any] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    # The rule, for the plain-words sentence of the preview.
+    after: str = ""
+    where: dict[str, Any] = field(default_factory=dict)
+    exclude: dict[str, Any] = field(default_factory=dict)
+    on_referenced: str = "defer"
     error: str | None = None
     duration_s: float = 0.0
     # Anonymising policies only: the re-identification check (reidentification.Reidentification.as_dict).
@@ -93,6 +111,10 @@ class RunResult:
     dry_run: bool
     policies: list[PolicyOutcome]
     purges: list[dict[str, Any]] = field(default_factory=list)
+    # Policies of the file this run left out (--policy): its counts ignore what they would do.
+    not_selected: list[str] = field(default_factory=list)
+    timezone: str = ""
+    policy_file_sha256: str = ""
     exit_code: int = EXIT_OK
     status: str = "ok"
     message: str | None = None
@@ -175,16 +197,41 @@ def _outcome(plan: Plan, model: PolicyFile) -> PolicyOutcome:
         cutoff=plan.cutoff.isoformat(), cutoff_local=plan.cutoff.local.strftime("%Y-%m-%d %H:%M:%S"),
         cutoff_windows=[[lo.isoformat(), hi.isoformat()] for lo, hi in plan.cutoff.windows],
         fields={c: (s if s is not None else "null") for c, s in (p.fields or {}).items()},
+        after=p.after, where=dict(p.where), exclude=dict(p.exclude), on_referenced=p.on_referenced,
     )
 
 
-def _set_counts(outcome: PolicyOutcome, counts: Counts) -> None:
+def _set_counts(outcome: PolicyOutcome, plan: Plan, counts: Counts) -> None:
     outcome.due, outcome.held, outcome.deferred = counts.due, counts.held, counts.deferred
     outcome.unreadable = counts.unreadable
     outcome.deferred_reasons = dict(counts.reasons)
     outcome.held_reasons = dict(counts.held_reasons)
     outcome.detached, outcome.detached_columns = counts.detached, dict(counts.detached_columns)
     outcome.total = counts.total
+    if plan.policy.action == "anonymise":
+        outcome.to_anonymise = counts.due
+    else:
+        outcome.to_delete = counts.due - counts.deferred
+        outcome.to_anonymise = counts.to_anonymise
+        if plan.policy.on_referenced == "anonymise":
+            outcome.already_anonymised = counts.deferred - counts.to_anonymise
+
+
+def _set_applied(outcome: PolicyOutcome, applied: Applied) -> None:
+    outcome.deleted, outcome.anonymised = applied.deleted, applied.anonymised
+    outcome.applied = applied.deleted + applied.anonymised
+    outcome.cascaded = dict(applied.cascaded)
+    outcome.detached, outcome.detached_columns = applied.detached, dict(applied.detached_columns)
+
+
+class _NoAudit:
+    """The audit sink of a dry run: a preview appends nothing (``--record`` adds one entry)."""
+
+    path: Path | None = None
+
+    def append(self, event: str, run: str, **fields: Any) -> dict[str, Any]:
+        return {}
+
 
 
 def execute_run(
@@ -197,25 +244,37 @@ def execute_run(
     force: bool = False,
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
+    record: bool = False,
+    keys_file: Path | None = None,
 ) -> RunResult:
+    """Enforce the policies, or preview them (``dry_run``).
+
+    A preview is read-only everywhere: no run lock (it must work while the nightly run holds
+    it, and never make that run exit 4), no recovery (that writes), nothing appended to the
+    audit log unless ``record`` (then one ``preview`` entry, at the end).
+    """
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
     selected = select_policies(model, policy_names, database)
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run)
         stack.callback(connected.dispose)
-
-        lock = stack.enter_context(RunLock(Path(model.audit.path), connected.engines, dry_run=dry_run))
-        del lock
-        log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
         # Every log line from here on, errors included, carries the run id (the CLI clears it).
         structlog.contextvars.bind_contextvars(run=run_id)
         log.info("run.start", as_of=moment.isoformat(), dry_run=dry_run, policies=[p.name for p in selected],
                  databases=list(connected.engines), policy_file=model.source, version=__version__)
 
-        recovery.recover(log_, run_id, model, connected)
-        if not dry_run:
+        write_key: Callable[[list[Any]], None] | None = None
+        if keys_file is not None:
+            write_key = _open_keys_file(stack, keys_file)
+        log_: Any
+        if dry_run:
+            log_ = _NoAudit()
+        else:
+            stack.enter_context(RunLock(Path(model.audit.path), connected.engines))
+            log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
+            recovery.recover(log_, run_id, model, connected)
             monitor.ping(model.monitor.url, "start", run_id)
 
         plans = make_plans(model, selected, connected, moment)
@@ -231,13 +290,17 @@ def execute_run(
                 "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
             } for pl in plans],
         )
-        result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[])
+        result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[],
+                           not_selected=[p.name for p in model.policies if p.name not in {q.name for q in selected}],
+                           timezone=model.timezone, policy_file_sha256=model.source_sha256)
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
         failed = False
+        partial = len(selected) < len(model.policies)
         for plan in plans:
             outcome = _outcome(plan, model)
+            outcome.partial = partial
             result.policies.append(outcome)
             if failed:
                 outcome.status = "skipped"
@@ -250,7 +313,7 @@ def execute_run(
             try:
                 with engine.connect() as conn:
                     counts = plan.count(conn, cascade=dry_run)
-                    _set_counts(outcome, counts)
+                    _set_counts(outcome, plan, counts)
                     if not dry_run:  # a real run reports the rows it detached, not the count's estimate
                         outcome.detached, outcome.detached_columns = 0, {}
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
@@ -282,7 +345,8 @@ def execute_run(
                     if outcome.status == "ok" and dry_run:
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
-                        outcome.anonymised = counts.to_anonymise
+                        if write_key is not None:
+                            keys.write_keys(conn, plan, write_key)
                     if dry_run:
                         _lifetime(outcome, plan, model, conn)
                     conn.rollback()
@@ -291,21 +355,24 @@ def execute_run(
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
                 if not dry_run and outcome.status == "ok" and plan.touched(counts):
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
-                    applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
-                                       moment.in_timezone(model.timezone).naive(), bar).run()
-                    outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
-                    outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
-                    outcome.cascaded = applied.cascaded
-                    outcome.detached, outcome.detached_columns = applied.detached, applied.detached_columns
-                    if applied.deleted or applied.anonymised:
-                        touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
+                    # Ours, so that what the committed batches did survives a failing batch.
+                    applied = Applied()
+                    try:
+                        Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
+                                 moment.in_timezone(model.timezone).naive(), bar).run(applied)
+                    finally:
+                        _set_applied(outcome, applied)
+                        if applied.deleted or applied.anonymised:
+                            # Also after a failure: committed batches left bytes to purge.
+                            touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
                 failed = True
                 outcome.status = "failed"
                 outcome.error = _first_line(exc)
             outcome.duration_s = round(time.monotonic() - t0, 3)
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
-                        deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
+                        deferred=outcome.deferred, applied=outcome.applied, deleted=outcome.deleted,
+                        anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         unreadable=outcome.unreadable,
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
@@ -316,7 +383,8 @@ def execute_run(
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
                      unreadable=outcome.unreadable,
-                     applied=outcome.applied, anonymised=outcome.anonymised, cascaded=outcome.cascaded,
+                     applied=outcome.applied, deleted=outcome.deleted, anonymised=outcome.anonymised,
+                     to_delete=outcome.to_delete, to_anonymise=outcome.to_anonymise, cascaded=outcome.cascaded,
                      status=outcome.status, dry_run=dry_run, duration_s=outcome.duration_s)
 
         pending = False
@@ -344,13 +412,15 @@ def execute_run(
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))
         totals = {key: sum(getattr(o, key) for o in result.policies)
-                  for key in ("due", "held", "deferred", "applied", "anonymised")}
+                  for key in ("due", "held", "deferred", "applied", "deleted", "anonymised")}
         statuses: dict[str, int] = {}
         for o in result.policies:
             statuses[o.status] = statuses.get(o.status, 0) + 1
         (log.info if result.exit_code == EXIT_OK else log.error)(
             "run.end", status=result.status, exit_code=result.exit_code, dry_run=dry_run, duration_s=duration_s,
-            **totals, policies=statuses, audit_head=log_.head, message=result.message)
+            **totals, policies=statuses, audit_head=getattr(log_, "head", None), message=result.message)
+        if dry_run and record:
+            _record_preview(model, result, audit_key)
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
@@ -365,6 +435,38 @@ def _lifetime(outcome: PolicyOutcome, plan: Plan, model: PolicyFile, conn: sa.Co
     same_db = [q for q in model.policies if model.database_of(q) == plan.database]
     edges = uncovered_links(plan.schema, same_db).get(plan.policy.table, [])
     outcome.no_end_tables = [f"{e.child}.{','.join(e.child_cols)}" for e in edges]
+
+
+def _open_keys_file(stack: ExitStack, path: Path) -> Callable[[list[Any]], None]:
+    try:
+        f = stack.enter_context(path.open("w", encoding="utf-8", newline=""))
+    except OSError as exc:
+        raise UsageError(f"--keys {path}: cannot write: {exc.strerror}") from None
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(keys.HEADER)
+    return writer.writerow
+
+
+def _record_preview(model: PolicyFile, result: RunResult, audit_key: bytes | None) -> None:
+    """Append the one ``preview`` entry of ``run --dry-run --record``: when, against which policy
+    file, and the counts; no key and no value. A log held by a running job is not waited for:
+    the preview stands, and the result says it was not recorded (exit 1)."""
+    policies = [{
+        "name": o.name, "database": o.database, "table": o.table, "action": o.action, "cutoff": o.cutoff,
+        "basis": o.basis, "status": o.status, "due": o.due, "held": o.held, "deferred": o.deferred,
+        "to_delete": o.to_delete, "to_anonymise": o.to_anonymise, "already_anonymised": o.already_anonymised,
+        "cascaded": o.cascaded, "deferred_reasons": o.deferred_reasons,
+    } for o in result.policies]
+    try:
+        with audit.AuditLog(Path(model.audit.path), audit_key) as log_:
+            log_.append("preview", result.run, as_of=result.as_of, policy_file=model.source,
+                        policy_file_sha256=model.source_sha256, user=getpass.getuser(),
+                        host=socket.gethostname(), version=__version__,
+                        partial=any(o.partial for o in result.policies), policies=policies)
+    except RetentionError as exc:
+        result.exit_code = max(result.exit_code, exc.exit_code)
+        result.status = "failed" if result.status == "ok" else result.status
+        result.message = f"the preview was not recorded: {exc}"
 
 
 def _first_line(exc: BaseException) -> str:
