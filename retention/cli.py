@@ -134,11 +134,14 @@ def validate(state: _State) -> None:
               help="Evaluate as if now were DATE (ISO 8601; a date means its start). Future dates only with --dry-run.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="Result format on stdout.")
-@click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--force", is_flag=True,
+              help="Run policies that a safety guard would block (max_fraction, whole table, rate).")
+@click.option("--accept-policy-change", "accept_changes", multiple=True, metavar="NAME",
+              help="Accept this policy's rule change since its last real run (repeatable; audited).")
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        force: bool) -> None:
+        force: bool, accept_changes: tuple[str, ...]) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -161,7 +164,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
     result = runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
-        progress=progress, audit_key=_audit_key(model.audit.key_env),
+        progress=progress, audit_key=_audit_key(model.audit.key_env), accept_changes=accept_changes,
     )
     click.echo(reports.render(result, fmt), nl=False)
     if result.message and fmt != "text":

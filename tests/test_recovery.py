@@ -65,7 +65,7 @@ def _run(policy: Path, extra_env: dict[str, str] | None = None) -> subprocess.Co
     env = {**os.environ, **(extra_env or {})}
     return subprocess.run(
         [sys.executable, "-m", "retention.cli", "--policies", str(policy), "--log-format", "json",
-         "run", "--as-of", "2026-11-24T03:00:00", "--format", "json"],
+         "run", "--as-of", "2026-11-24T03:00:00", "--format", "json", "--force"],
         capture_output=True, text=True, env=env, timeout=120,
     )
 

@@ -25,7 +25,7 @@ from retention import __version__
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import monitor, recovery
+from retention.engine import guards, monitor, recovery
 from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
@@ -131,10 +131,15 @@ def execute_run(
     force: bool = False,
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
+    accept_changes: Sequence[str] = (),
 ) -> RunResult:
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
     selected = select_policies(model, policy_names)
+    _check_accepted_names(selected, accept_changes)
+    history = guards.read_history(Path(model.audit.path))
+    if not dry_run:
+        guards.check_clock(moment, history)
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run)
         stack.callback(connected.dispose)
@@ -156,6 +161,25 @@ def execute_run(
             earlier = [q for q in plans if q.database == db]
             plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier))
 
+        rules = {pl.policy.name: guards.effective_rule(pl.policy, pl.database) for pl in plans}
+        ratchet: dict[str, str] = {}
+        for pl in plans:
+            name = pl.policy.name
+            baseline = history.rules.get(name)
+            changes = guards.rule_changes(baseline.rule, rules[name], pl.cutoff, moment, model.timezone) \
+                if baseline else []
+            if not changes or baseline is None:
+                continue
+            if name in accept_changes:
+                if not dry_run:
+                    log_.append("policy.change.accepted", run_id, policy=name, user=getpass.getuser(),
+                                of_run=baseline.run, old=baseline.rule, new=rules[name],
+                                changes=[c.as_event() for c in changes])
+                    log.warning("policy.change.accepted", policy=name, changes=[str(c) for c in changes])
+            else:
+                ratchet[name] = guards.ratchet_message(name, changes, baseline)
+                pl.blocked_by_guard = True
+
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
             as_of=moment.isoformat(), dry_run=dry_run, user=getpass.getuser(), host=socket.gethostname(),
@@ -165,6 +189,9 @@ def execute_run(
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
                 "cutoff": pl.cutoff.isoformat(), "basis": pl.policy.basis,
                 "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
+                # The effective rule, read back by the ratchet of later runs (guards.read_history).
+                **{k: v for k, v in rules[pl.policy.name].items() if k not in ("database", "table", "action")},
+                **({"ratchet": "blocked"} if pl.policy.name in ratchet else {}),
             } for pl in plans],
         )
         result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[])
@@ -187,15 +214,13 @@ def execute_run(
                 with engine.connect() as conn:
                     counts = plan.count(conn, cascade=dry_run)
                     _set_counts(outcome, counts)
-                    share = plan.touched(counts) / counts.total if counts.total else 0.0
-                    if share > plan.policy.max_fraction and not force:
+                    problem = _guard_problem(plan, counts, history, ratchet, force)
+                    if problem:
                         plan.blocked_by_guard = True
                         outcome.status = "blocked"
-                        outcome.error = (
-                            f"would change {plan.touched(counts)} of {counts.total} rows ({share:.0%}), more than "
-                            f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)"
-                        )
-                    elif dry_run:
+                        outcome.error = problem
+                    if dry_run and (not problem or plan.policy.name in ratchet):
+                        # A preview of a changed policy shows what the change would do.
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
@@ -217,7 +242,9 @@ def execute_run(
                 outcome.status = "failed"
                 outcome.error = _first_line(exc)
             outcome.duration_s = round(time.monotonic() - t0, 3)
+            changed_rows = _changed_rows(outcome) if not dry_run else 0
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
+                        changed=changed_rows,
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
@@ -247,13 +274,45 @@ def execute_run(
             result.message = "purge pending: removed values may still be in the database files; the next run retries"
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
-            result.message = "a safety guard (max_fraction) stopped a policy; the others ran"
+            result.message = "a safety guard stopped a policy (see its error); the others ran"
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _check_accepted_names(selected: Sequence[Policy], names: Sequence[str]) -> None:
+    known = {p.name for p in selected}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--accept-policy-change: no policy {', '.join(map(repr, unknown))} in this run; "
+                         f"policies: {', '.join(sorted(known))}")
+
+
+def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet: dict[str, str],
+                   force: bool) -> str | None:
+    """Why a safety guard blocks this policy tonight, or None. Only the ratchet ignores --force:
+    a changed rule needs its own acceptance, by name."""
+    name = plan.policy.name
+    if name in ratchet:
+        return ratchet[name]
+    if force:
+        return None
+    would, total = plan.touched(counts), counts.total
+    share = would / total if total else 0.0
+    if share > plan.policy.max_fraction:
+        return (f"would change {would} of {total} rows ({share:.0%}), more than "
+                f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)")
+    return guards.everything_due(would, total) or guards.rate_problem(name, would, history)
+
+
+def _changed_rows(outcome: PolicyOutcome) -> int:
+    """Rows of the policy's own table deleted or anonymised (what the rate guard learns from)."""
+    if outcome.status != "ok":
+        return 0
+    return outcome.applied + (outcome.anonymised if outcome.action == "delete" else 0)
 
 
 def _first_line(exc: BaseException) -> str:
