@@ -64,6 +64,10 @@ class RunFailed(RetentionError):
     exit_code = EXIT_FAILED
 
 
+class BatchCheckFailed(RunFailed):
+    """A batch changed other rows than it selected; it was rolled back and its policy stopped."""
+
+
 class AuditError(RetentionError):
     """The audit log cannot be written or read; the run stops before touching data."""
 

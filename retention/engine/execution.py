@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
 from retention.engine.planning import Plan, _jsonable
+from retention.errors import BatchCheckFailed
 
 Progress = Callable[[int], None]
 # One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.
@@ -60,11 +61,12 @@ class Executor:
         self.marker_value = marker_value
         self.progress = progress or (lambda n: None)
         self.dialect = engine.dialect.name
+        # What committed so far, readable after a failure too.
+        self.applied = Applied()
 
     def run(self) -> Applied:
-        applied = Applied()
-        self._loop(applied)
-        return applied
+        self._loop(self.applied)
+        return self.applied
 
     def _loop(self, applied: Applied) -> None:
         """Walk the due rows by key; per batch find the blocked ones, change the rest.
@@ -103,6 +105,7 @@ class Executor:
                     entries = self._change(conn, keys)
                 if not entries:
                     continue
+                self._check(conn, entries)
                 written = []
                 for action, changed, columns, count, cascaded in entries:
                     batch = self.next_batch()
@@ -124,6 +127,30 @@ class Executor:
                 for child, n in cascaded.items():
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
+
+    def _check(self, conn: sa.Connection, entries: list[Entry]) -> None:
+        """Before the batch is audited and committed: each statement changed exactly the rows it
+        was given, and none of them is left as it was (a trigger that skips a row, a rule, a
+        driver miscounting). Otherwise the batch is rolled back and the policy stops, with both
+        numbers in the audit log: retention that changes more or less than asked is a defect."""
+        plan, t = self.plan, self.plan.table
+        for action, changed, _columns, count, _cascaded in entries:
+            cond = dialects.key_in(plan.key, changed, self.dialect)
+            if action == "anonymise":
+                cond = sa.and_(cond, plan.pending(t))
+            left = conn.execute(sa.select(sa.func.count()).select_from(t).where(cond)).scalar_one()
+            if count == len(changed) and left == 0:
+                continue
+            self.audit.append(
+                "batch.mismatch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
+                action=action, key_column=plan.key.name, keys=_audit_keys(changed), selected=len(changed),
+                affected=count, left_unchanged=left, result="rolled back",
+            )
+            raise BatchCheckFailed(
+                f"batch self-check: the {action} of {len(changed)} selected rows of {t.name} affected {count}, "
+                f"and {left} of them are left unchanged; the batch was rolled back and the policy stopped "
+                "(a trigger or rule on the table?)"
+            )
 
     def _change(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:
         """Change a locked batch: delete the keys nothing holds back (anonymise the held-back ones

@@ -30,7 +30,7 @@ from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
 from retention.engine.validation import Connected, connect_and_check
-from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
+from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, BatchCheckFailed, RetentionError, UsageError
 from retention.logs import get_logger
 from retention.policy.dates import cutoff
 from retention.policy.model import Policy, PolicyFile
@@ -206,6 +206,7 @@ def execute_run(
                 outcome.status = "skipped"
                 continue
             t0 = time.monotonic()
+            executor: Executor | None = None
             engine = connected.engines[plan.database]
             log_.append("policy.start", run_id, policy=plan.policy.name, database=plan.database,
                         table=plan.policy.table, action=plan.policy.action, cutoff=plan.cutoff.isoformat(),
@@ -230,17 +231,21 @@ def execute_run(
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
                 if not dry_run and outcome.status == "ok" and plan.touched(counts):
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
-                    applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
-                                       moment.in_timezone(model.timezone).naive(), bar).run()
-                    outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
-                    outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
-                    outcome.cascaded = applied.cascaded
-                    if applied.deleted or applied.anonymised:
-                        touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
-            except sa.exc.SQLAlchemyError as exc:
+                    executor = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
+                                        moment.in_timezone(model.timezone).naive(), bar)
+                    executor.run()
+            except (sa.exc.SQLAlchemyError, BatchCheckFailed) as exc:
                 failed = True
                 outcome.status = "failed"
                 outcome.error = _first_line(exc)
+            if executor is not None:
+                # Also after a failure: the batches committed before it stay committed and counted.
+                applied = executor.applied
+                outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
+                outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
+                outcome.cascaded = applied.cascaded
+                if applied.deleted or applied.anonymised:
+                    touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             outcome.duration_s = round(time.monotonic() - t0, 3)
             changed_rows = _changed_rows(outcome) if not dry_run else 0
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
