@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -22,10 +23,47 @@ from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
 from retention.engine.planning import Plan, _jsonable
 from retention.errors import BatchCheckFailed
+from retention.logs import get_logger
+
+log = get_logger("retention.execution")
 
 Progress = Callable[[int], None]
 # One audited change of a batch: action, the keys changed, the columns changed, rows, cascade rows per table.
 Entry = tuple[str, list[Any], list[str], int, dict[str, int]]
+
+
+# Waits before each retry of a transaction that failed for a transient reason (connection lost,
+# deadlock, serialization failure, lock timeout; dialects.is_transient): 3 retries, 3.5 s in all,
+# enough for a killed connection or a deadlock victim, not for a failover of minutes.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+T = TypeVar("T")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def retrying(attempt: Callable[[], T], dialect: str,
+             on_retry: Callable[[int, BaseException, float], None] | None = None,
+             may_retry: Callable[[], bool] = lambda: True) -> T:
+    """``attempt()``, run again after a transient database error, at most len(RETRY_DELAYS) times.
+
+    ``attempt`` must be one whole transaction (rolled back when it raises), so running it again
+    is safe; ``may_retry`` says whether it still is after a failure (not once its changes were
+    audited as intended).
+    """
+    for number, wait in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            return attempt()
+        except sa.exc.DBAPIError as exc:
+            if wait is None or not may_retry() or not dialects.is_transient(exc, dialect):
+                raise
+            if on_retry:
+                on_retry(number, exc, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class AuditSink(Protocol):
@@ -63,6 +101,7 @@ class Executor:
         self.dialect = engine.dialect.name
         # What committed so far, readable after a failure too.
         self.applied = Applied()
+        self._audited = False
 
     def run(self) -> Applied:
         self._loop(self.applied)
@@ -79,44 +118,17 @@ class Executor:
         both written (fsync'd) before the one commit. An anonymise policy of constants only is
         one statement per batch where the database allows (:func:`dialects.update_next_batch`).
         """
-        plan, t, key = self.plan, self.plan.table, self.plan.key
+        plan = self.plan
         # Constants only (no per-row fakes): where the database can, one statement chooses the
         # batch and changes it, and says which keys it changed.
         in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
                   and dialects.updates_next_batch(self.dialect))
         last: Any = None
         while True:
-            with self.engine.begin() as conn:
-                query = sa.select(key).where(plan.due(t))
-                if last is not None:
-                    query = query.where(key > last)
-                query = query.order_by(key).limit(plan.policy.batch_size)
-                if in_one:
-                    _fakes, constants = self._values(0)
-                    keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
-                    if last is None:
-                        return
-                    entries = [("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
-                else:
-                    keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
-                    if not keys:
-                        return
-                    last = keys[-1]
-                    entries = self._change(conn, keys)
-                if not entries:
-                    continue
-                self._check(conn, entries)
-                written = []
-                for action, changed, columns, count, cascaded in entries:
-                    batch = self.next_batch()
-                    self.audit.append(
-                        "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
-                        action=action, state="intent", batch=batch, key_column=key.name,
-                        keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
-                    )
-                    written.append((batch, action, count, cascaded))
-                _test_hook("intent")
-            _test_hook("commit")
+            done, last, written = retrying(functools.partial(self._batch, in_one, last), self.dialect,
+                                           self._on_retry, lambda: not self._audited)
+            if done:
+                return
             for batch, action, count, cascaded in written:
                 self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
                 applied.batches += 1
@@ -127,6 +139,53 @@ class Executor:
                 for child, n in cascaded.items():
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
+
+    def _batch(self, in_one: bool, last: Any) -> tuple[bool, Any, list[tuple[int, str, int, dict[str, int]]]]:
+        """One batch in one transaction: (walk finished, last key chosen, audited changes committed)."""
+        plan, t, key = self.plan, self.plan.table, self.plan.key
+        self._audited = False
+        if last is not None:
+            _test_hook("batch")
+        with self.engine.begin() as conn:
+            query = sa.select(key).where(plan.due(t))
+            if last is not None:
+                query = query.where(key > last)
+            query = query.order_by(key).limit(plan.policy.batch_size)
+            if in_one:
+                _fakes, constants = self._values(0)
+                keys, chosen = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
+                if chosen is None:
+                    return True, last, []
+                entries = [("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
+            else:
+                keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
+                if not keys:
+                    return True, last, []
+                chosen = keys[-1]
+                entries = self._change(conn, keys)
+            if not entries:
+                return False, chosen, []
+            self._check(conn, entries)
+            written = []
+            for action, changed, columns, count, cascaded in entries:
+                batch = self.next_batch()
+                # From here on the batch's fate is in the audit log: a failed commit is not
+                # retried (did it commit?) but left to the next run's recovery.
+                self._audited = True
+                self.audit.append(
+                    "batch", self.run_id, policy=plan.policy.name, database=plan.database, table=t.name,
+                    action=action, state="intent", batch=batch, key_column=key.name,
+                    keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
+                )
+                written.append((batch, action, count, cascaded))
+            _test_hook("intent")
+        _test_hook("commit")
+        return False, chosen, written
+
+    def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
+        self.audit.append("batch.retry", self.run_id, policy=self.plan.policy.name, database=self.plan.database,
+                          attempt=attempt, wait_s=wait, error=first_line(exc))
+        log.warning("batch.retry", policy=self.plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
 
     def _check(self, conn: sa.Connection, entries: list[Entry]) -> None:
         """Before the batch is audited and committed: each statement changed exactly the rows it

@@ -8,6 +8,7 @@ nothing); the audit log must be writable before the first batch (exit 1, nothing
 
 from __future__ import annotations
 
+import functools
 import getpass
 import socket
 import time
@@ -26,7 +27,7 @@ from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
 from retention.engine import guards, monitor, recovery
-from retention.engine.execution import Executor
+from retention.engine.execution import Executor, first_line, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
 from retention.engine.validation import Connected, connect_and_check
@@ -212,20 +213,19 @@ def execute_run(
                         table=plan.policy.table, action=plan.policy.action, cutoff=plan.cutoff.isoformat(),
                         basis=plan.policy.basis, dry_run=dry_run)
             try:
-                with engine.connect() as conn:
-                    counts = plan.count(conn, cascade=dry_run)
-                    _set_counts(outcome, counts)
-                    problem = _guard_problem(plan, counts, history, ratchet, force)
-                    if problem:
-                        plan.blocked_by_guard = True
-                        outcome.status = "blocked"
-                        outcome.error = problem
-                    if dry_run and (not problem or plan.policy.name in ratchet):
-                        # A preview of a changed policy shows what the change would do.
-                        outcome.cascaded = counts.cascaded
-                        outcome.sample = plan.sample(conn, counts)
-                        outcome.anonymised = counts.to_anonymise
-                    conn.rollback()
+                counts, problem, sample = retrying(
+                    functools.partial(_survey, plan, engine, dry_run, history, ratchet, force),
+                    engine.dialect.name, functools.partial(_on_retry, log_, run_id, plan))
+                _set_counts(outcome, counts)
+                if problem:
+                    plan.blocked_by_guard = True
+                    outcome.status = "blocked"
+                    outcome.error = problem
+                if dry_run and (not problem or plan.policy.name in ratchet):
+                    # A preview of a changed policy shows what the change would do.
+                    outcome.cascaded = counts.cascaded
+                    outcome.sample = sample
+                    outcome.anonymised = counts.to_anonymise
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
@@ -237,7 +237,7 @@ def execute_run(
             except (sa.exc.SQLAlchemyError, BatchCheckFailed) as exc:
                 failed = True
                 outcome.status = "failed"
-                outcome.error = _first_line(exc)
+                outcome.error = first_line(exc)
             if executor is not None:
                 # Also after a failure: the batches committed before it stay committed and counted.
                 applied = executor.applied
@@ -296,6 +296,23 @@ def _check_accepted_names(selected: Sequence[Policy], names: Sequence[str]) -> N
                          f"policies: {', '.join(sorted(known))}")
 
 
+def _survey(plan: Plan, engine: sa.Engine, dry_run: bool, history: guards.History, ratchet: dict[str, str],
+            force: bool) -> tuple[Counts, str | None, list[Any]]:
+    """Counts, the guard's verdict and (preview) the first keys: one read-only transaction."""
+    with engine.connect() as conn:
+        counts = plan.count(conn, cascade=dry_run)
+        problem = _guard_problem(plan, counts, history, ratchet, force)
+        sample = plan.sample(conn, counts) if dry_run and (not problem or plan.policy.name in ratchet) else []
+        conn.rollback()
+    return counts, problem, sample
+
+
+def _on_retry(log_: audit.AuditLog, run_id: str, plan: Plan, attempt: int, exc: BaseException, wait: float) -> None:
+    log_.append("policy.retry", run_id, policy=plan.policy.name, database=plan.database, attempt=attempt,
+                wait_s=wait, error=first_line(exc))
+    log.warning("policy.retry", policy=plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
+
+
 def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet: dict[str, str],
                    force: bool) -> str | None:
     """Why a safety guard blocks this policy tonight, or None. Only the ratchet ignores --force:
@@ -318,11 +335,6 @@ def _changed_rows(outcome: PolicyOutcome) -> int:
     if outcome.status != "ok":
         return 0
     return outcome.applied + (outcome.anonymised if outcome.action == "delete" else 0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["execute_run", "RunResult", "PolicyOutcome", "RetentionError"]

@@ -6,6 +6,7 @@ validate reports, before anything is touched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ import sqlalchemy as sa
 from retention.databases import dialects, purge
 from retention.databases.schema import Schema, check_policy, locate, reflect
 from retention.errors import DatabaseUnreachable, SchemaError
+from retention.logs import get_logger, redact_url
 from retention.policy.model import Policy, PolicyFile
+
+log = get_logger("retention.validation")
 
 
 @dataclass
@@ -43,7 +47,7 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             engine = dialects.create_engine(url, readonly=readonly,
                                             secure_delete=model.databases[name].purge != "none")
             engines[name] = engine
-            dialects.check_reachable(engine, url)
+            _reach(engine, name, url)
         schemas: dict[str, Schema] = {}
         problems: list[str] = []
         warnings: list[str] = []
@@ -64,6 +68,25 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             engine.dispose()
         raise
     return Connected(engines, schemas, warnings)
+
+
+def _reach(engine: sa.Engine, name: str, url: str) -> None:
+    """Connect, retrying a transient failure (a server restarting, a failover) as a batch is
+    retried; then the last attempt's error, with the URL's password hidden, ends the run (exit 2)."""
+    from retention.engine.execution import RETRY_DELAYS
+
+    for wait in RETRY_DELAYS:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return
+        except sa.exc.DBAPIError as exc:
+            if not dialects.is_transient(exc, engine.dialect.name):
+                break
+            reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0]
+            log.warning("database.retry", database=name, wait_s=wait, error=reason.replace(url, redact_url(url)))
+            time.sleep(wait)
+    dialects.check_reachable(engine, url)
 
 
 def _refuse_missing_sqlite_file(name: str, url: str) -> None:
