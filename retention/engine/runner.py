@@ -142,7 +142,7 @@ def execute_run(
     if not dry_run:
         guards.check_clock(moment, history)
     with ExitStack() as stack:
-        connected: Connected = connect_and_check(model, selected, readonly=dry_run)
+        connected: Connected = connect_and_check(model, selected, readonly=dry_run, independent=True)
         stack.callback(connected.dispose)
 
         lock = stack.enter_context(RunLock(Path(model.audit.path), connected.engines, dry_run=dry_run))
@@ -154,7 +154,9 @@ def execute_run(
         if not dry_run:
             monitor.ping(model.monitor.url, "start", run_id)
 
-        order = run_order(selected, connected.schemas, model.database_of)
+        # A database that could not be reached fails its own policies; the others run.
+        reachable = [p for p in selected if model.database_of(p) not in connected.unreachable]
+        order = run_order(reachable, connected.schemas, model.database_of)
         plans: list[Plan] = []
         for p in order:
             db = model.database_of(p)
@@ -199,12 +201,14 @@ def execute_run(
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
-        failed = False
+        # Databases where a policy failed: their later policies are skipped, the others' run.
+        failed: set[str] = set()
         for plan in plans:
             outcome = _outcome(plan, model)
             result.policies.append(outcome)
-            if failed:
+            if plan.database in failed:
                 outcome.status = "skipped"
+                plan.blocked_by_guard = True
                 continue
             t0 = time.monotonic()
             executor: Executor | None = None
@@ -235,7 +239,7 @@ def execute_run(
                                         moment.in_timezone(model.timezone).naive(), bar)
                     executor.run()
             except (sa.exc.SQLAlchemyError, BatchCheckFailed) as exc:
-                failed = True
+                failed.add(plan.database)
                 outcome.status = "failed"
                 outcome.error = first_line(exc)
             if executor is not None:
@@ -259,6 +263,14 @@ def execute_run(
                      applied=outcome.applied, anonymised=outcome.anonymised, cascaded=outcome.cascaded,
                      status=outcome.status, dry_run=dry_run, duration_s=outcome.duration_s)
 
+        for p in selected:
+            db = model.database_of(p)
+            if db in connected.unreachable:
+                result.policies.append(_unreached(p, db, moment, model, connected.unreachable[db]))
+                log_.append("policy.end", run_id, policy=p.name, database=db, due=0, held=0, deferred=0,
+                            applied=0, anonymised=0, changed=0, cascaded={}, deferred_reasons={},
+                            status="failed", dry_run=dry_run, duration_s=0.0, error=result.policies[-1].error)
+
         pending = False
         if not dry_run:
             for db, tables in touched.items():
@@ -271,7 +283,11 @@ def execute_run(
                 if res.result in ("pending", "failed"):
                     pending = True
 
-        if failed:
+        if connected.unreachable:
+            result.exit_code, result.status = EXIT_FAILED, "failed"
+            result.message = (f"database(s) {', '.join(sorted(connected.unreachable))} could not be reached: their "
+                              "policies did not run; the other databases' policies ran; a re-run finishes the work")
+        elif failed:
             result.exit_code, result.status = EXIT_FAILED, "failed"
             result.message = "the run failed part-way; committed batches stay committed; a re-run finishes the work"
         elif pending:
@@ -286,6 +302,17 @@ def execute_run(
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
         return result
+
+
+def _unreached(p: Policy, db: str, moment: pendulum.DateTime, model: PolicyFile, reason: str) -> PolicyOutcome:
+    cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
+    return PolicyOutcome(
+        name=p.name, database=db, table=p.table, action=p.action, basis=p.basis, description=p.description,
+        retain=str(p.retain), align=p.align, cutoff=cut.isoformat(),
+        cutoff_local=cut.local.strftime("%Y-%m-%d %H:%M:%S"),
+        cutoff_windows=[[lo.isoformat(), hi.isoformat()] for lo, hi in cut.windows], status="failed",
+        error=f"database '{db}' unreachable, nothing done: {reason}",
+    )
 
 
 def _check_accepted_names(selected: Sequence[Policy], names: Sequence[str]) -> None:

@@ -27,6 +27,8 @@ class Connected:
     engines: dict[str, sa.Engine]
     schemas: dict[str, Schema]
     warnings: list[str] = field(default_factory=list)
+    # With independent=True: databases that could not be reached, and why (no engine, no schema).
+    unreachable: dict[str, str] = field(default_factory=dict)
 
     def dispose(self) -> None:
         for engine in self.engines.values():
@@ -34,8 +36,14 @@ class Connected:
 
 
 def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = None,
-                      readonly: bool = True) -> Connected:
-    """Engines and reflected schemas for the policies' databases; raise SchemaError on any problem."""
+                      readonly: bool = True, independent: bool = False) -> Connected:
+    """Engines and reflected schemas for the policies' databases; raise SchemaError on any problem.
+
+    ``independent`` (a run): a database that cannot be reached (after retries) is left out and
+    named in ``Connected.unreachable``, so the others' policies still run; only when none can be
+    reached is it an error. Problems in the file or the schema stay errors for the whole run.
+    """
+    unreachable: dict[str, str] = {}
     policies = list(model.policies if policies is None else policies)
     needed = list(dict.fromkeys(model.database_of(p) for p in policies))
     engines: dict[str, sa.Engine] = {}
@@ -46,12 +54,21 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
             engine = dialects.create_engine(url, readonly=readonly,
                                             secure_delete=model.databases[name].purge != "none")
+            try:
+                _reach(engine, name, url)
+            except DatabaseUnreachable as exc:
+                engine.dispose()
+                if not independent:
+                    raise
+                unreachable[name] = str(exc)
+                continue
             engines[name] = engine
-            _reach(engine, name, url)
+        if unreachable and not engines:
+            raise DatabaseUnreachable("\n".join(unreachable.values()))
         schemas: dict[str, Schema] = {}
         problems: list[str] = []
         warnings: list[str] = []
-        for name in needed:
+        for name in [n for n in needed if n not in unreachable]:
             mine = [p for p in policies if model.database_of(p) == name]
             tables = {t for p in mine for t in (p.table, *p.cascade)}
             schema, missing = reflect(engines[name], tables)
@@ -67,7 +84,7 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         for engine in engines.values():
             engine.dispose()
         raise
-    return Connected(engines, schemas, warnings)
+    return Connected(engines, schemas, warnings, unreachable)
 
 
 def _reach(engine: sa.Engine, name: str, url: str) -> None:
