@@ -30,7 +30,7 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock.
+4 another run holds the lock, 5 purge pending (all enforced; next run retries).
 """
 
 

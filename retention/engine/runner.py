@@ -31,7 +31,15 @@ from retention.engine.execution import Executor, first_line, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
 from retention.engine.validation import Connected, connect_and_check
-from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, BatchCheckFailed, RetentionError, UsageError
+from retention.errors import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PURGE_PENDING,
+    BatchCheckFailed,
+    RetentionError,
+    UsageError,
+)
 from retention.logs import get_logger
 from retention.policy.dates import cutoff
 from retention.policy.model import Policy, PolicyFile
@@ -271,7 +279,7 @@ def execute_run(
                             applied=0, anonymised=0, changed=0, cascaded={}, deferred_reasons={},
                             status="failed", dry_run=dry_run, duration_s=0.0, error=result.policies[-1].error)
 
-        pending = False
+        pending = purge_failed = False
         if not dry_run:
             for db, tables in touched.items():
                 level = model.databases[db].purge
@@ -280,8 +288,10 @@ def execute_run(
                 result.purges.append(event)
                 log_.append("purge", run_id, **event)
                 log.info("purge", **event)
-                if res.result in ("pending", "failed"):
+                if res.result == "pending":
                     pending = True
+                elif res.result == "failed":
+                    purge_failed = True
 
         if connected.unreachable:
             result.exit_code, result.status = EXIT_FAILED, "failed"
@@ -290,12 +300,15 @@ def execute_run(
         elif failed:
             result.exit_code, result.status = EXIT_FAILED, "failed"
             result.message = "the run failed part-way; committed batches stay committed; a re-run finishes the work"
-        elif pending:
-            result.exit_code, result.status = EXIT_FAILED, "purge pending"
-            result.message = "purge pending: removed values may still be in the database files; the next run retries"
+        elif purge_failed:
+            result.exit_code, result.status = EXIT_FAILED, "failed"
+            result.message = "the purge failed: removed values may still be in the database files (see purge)"
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
             result.message = "a safety guard stopped a policy (see its error); the others ran"
+        elif pending:
+            result.exit_code, result.status = EXIT_PURGE_PENDING, "purge pending"
+            result.message = "purge pending: removed values may still be in the database files; the next run retries"
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
         if not dry_run:
