@@ -83,7 +83,7 @@ def _audit_keys(keys: list[Any]) -> list[Any]:
     return keys if all(type(k) is int for k in keys) else [_jsonable(k) for k in keys]
 
 
-def _test_hook(point: str) -> None:
+def kill_point(point: str) -> None:
     # Lets the crash-recovery tests kill the process at an exact point (kill -9 semantics).
     if os.environ.get("RETENTION_TEST_KILL_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -145,7 +145,7 @@ class Executor:
         plan, t, key = self.plan, self.plan.table, self.plan.key
         self._audited = False
         if last is not None:
-            _test_hook("batch")
+            kill_point("batch")
         with self.engine.begin() as conn:
             query = sa.select(key).where(plan.due(t))
             if last is not None:
@@ -178,8 +178,8 @@ class Executor:
                     keys=_audit_keys(changed), columns=columns, count=count, cascaded=cascaded,
                 )
                 written.append((batch, action, count, cascaded))
-            _test_hook("intent")
-        _test_hook("commit")
+            kill_point("intent")
+        kill_point("commit")
         return False, chosen, written
 
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:

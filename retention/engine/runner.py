@@ -27,7 +27,7 @@ from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
 from retention.engine import guards, monitor, recovery
-from retention.engine.execution import Executor, first_line, retrying
+from retention.engine.execution import Executor, first_line, kill_point, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, run_order
 from retention.engine.validation import Connected, connect_and_check
@@ -283,6 +283,7 @@ def execute_run(
         if not dry_run:
             for db, tables in touched.items():
                 level = model.databases[db].purge
+                kill_point("purge")
                 res = purge.purge(connected.engines[db], db, sorted(tables), level)
                 event = res.as_event()
                 result.purges.append(event)
