@@ -259,7 +259,9 @@ def execute_run(
                 if applied.deleted or applied.anonymised:
                     touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             outcome.duration_s = round(time.monotonic() - t0, 3)
-            changed_rows = _changed_rows(outcome) if not dry_run else 0
+            # Rows of the policy's own table deleted or anonymised: what the rate guard learns from.
+            changed_rows = executor.applied.deleted + executor.applied.anonymised \
+                if executor is not None and outcome.status == "ok" else 0
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
                         changed=changed_rows,
                         deferred=outcome.deferred, applied=outcome.applied, anonymised=outcome.anonymised,
@@ -369,13 +371,6 @@ def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet:
         return (f"would change {would} of {total} rows ({share:.0%}), more than "
                 f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)")
     return guards.everything_due(would, total) or guards.rate_problem(name, would, history)
-
-
-def _changed_rows(outcome: PolicyOutcome) -> int:
-    """Rows of the policy's own table deleted or anonymised (what the rate guard learns from)."""
-    if outcome.status != "ok":
-        return 0
-    return outcome.applied + (outcome.anonymised if outcome.action == "delete" else 0)
 
 
 __all__ = ["execute_run", "RunResult", "PolicyOutcome", "RetentionError"]
