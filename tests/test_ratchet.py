@@ -13,10 +13,14 @@ import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pendulum
+import pytest
 import sqlalchemy as sa
 from helpers import audit_path, ids, run_cli, write_policies
 
 from retention.audit.log import read_entries, verify
+from retention.engine import guards
+from retention.policy.dates import cutoff, parse_period
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -179,3 +183,51 @@ def test_accepting_an_unknown_policy_is_a_usage_error(sqlite_db: TestDatabase, t
     assert result.exit_code == 2
     assert "--accept-policy-change: no policy 'acounts'" in result.stderr
     assert accounts_left(sqlite_db) == OLD | RECENT | NEW | HELD
+
+
+# -- the comparison itself, rule by rule (pure: no database) ---------------------------------------
+def _rule(**changes: Any) -> dict[str, Any]:
+    from retention.policy.model import Policy
+
+    base = {"name": "p", "table": "accounts", "after": "left_at", "retain": "24 months", "action": "delete",
+            "exclude": {"legal_hold": True}, "where": {"status": "closed"}, "max_fraction": 0.5}
+    return guards.effective_rule(Policy(**{**base, **changes}), "shop")
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    moment = pendulum.datetime(2026, 11, 24, 3, tz="Europe/Amsterdam")
+    cut = cutoff(moment, parse_period(new["retain"]), new["align"], "Europe/Amsterdam")  # type: ignore[arg-type]
+    return [c.key for c in guards.rule_changes(old, new, cut, moment, "Europe/Amsterdam")]
+
+
+@pytest.mark.parametrize("old,new,blocked", [
+    ({}, {}, []),
+    ({"align": "end_of_year", "retain": "7 years"}, {"align": "none", "retain": "7 years"}, ["align"]),
+    ({}, {"align": "end_of_month"}, []),
+    ({}, {"retain": "2 years"}, []),
+    ({}, {"retain": "730 days"}, ["retain"]),  # not always at least 24 months: shorter on some nights
+    ({"minimum": "12 months"}, {"minimum": "6 months"}, ["minimum"]),
+    ({"minimum": "12 months"}, {}, ["minimum"]),
+    ({}, {"minimum": "12 months"}, []),
+    ({}, {"exclude": {"legal_hold": True, "vip": True}}, []),
+    ({}, {"exclude": {"legal_hold": False}}, ["exclude"]),
+    ({}, {"where": {"status": "closed", "kind": "web"}}, []),
+    ({}, {"where": {"status": "open"}}, ["where"]),
+    ({}, {"key": "id"}, ["key"]),
+    ({}, {"after": "closed_at"}, ["after"]),
+    ({}, {"table": "members"}, ["table"]),
+    ({}, {"cascade": ["orders"]}, ["cascade"]),
+    ({}, {"max_fraction": 0.25}, []),
+    ({"max_fraction": 0.25}, {}, ["max_fraction"]),
+    ({}, {"on_referenced": "anonymise", "fields": {"email": None}}, ["on_referenced"]),
+    ({"action": "anonymise", "fields": {"email": None}}, {}, ["action"]),
+    ({}, {"action": "anonymise", "fields": {"email": None}}, []),
+])
+def test_which_rule_changes_need_acceptance(old: dict[str, Any], new: dict[str, Any], blocked: list[str]) -> None:
+    assert _changes(_rule(**old), _rule(**new)) == blocked
+
+
+def test_a_rule_from_an_older_log_is_compared_only_on_what_it_recorded() -> None:
+    old = {"name": "p", "retain": "24 months", "align": "none", "table": "accounts", "action": "delete"}
+    assert _changes(old, _rule(exclude={}, where={}, max_fraction=1.0)) == []
+    assert _changes(old, _rule(retain="12 months")) == ["retain"]
