@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import yaml
 from helpers import audit_path, ids, run_cli
 
-from retention.audit.log import read_entries
+from retention.audit.log import AuditLog, open_intents, read_entries
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -124,3 +124,19 @@ def test_no_database_reachable_is_exit_2(tmp_path: Path) -> None:
     result = run_cli(pf)
     assert result.exit_code == 2, result
     assert "u:***@127.0.0.1:1" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_an_open_intent_on_an_unreachable_database_stays_open(db: TestDatabase, tmp_path: Path) -> None:
+    """Recovery cannot look at a database it cannot reach: the intent is left open for a later run
+    (before, it would have been closed as `unknown` for good), and the other database still runs."""
+    create(db.engine, "tickets")
+    pf = write(tmp_path, {"dead": DEAD, "live": db.url}, [policy("gone", "dead"), policy("tickets", "live")])
+    with AuditLog(audit_path(pf)).open() as log:
+        log.append("run.start", "killed-run", dry_run=False, as_of="2026-11-23T03:00:00+01:00", policies=[])
+        log.append("batch", "killed-run", policy="gone", database="dead", table="gone", action="delete",
+                   state="intent", batch=1, key_column="id", keys=[1, 2], columns=[], count=2, cascaded={})
+    result = run_cli(pf)
+    assert result.exit_code == 1, result
+    assert result.policy("tickets")["applied"] == len(DUE)
+    assert [e["batch"] for e in open_intents(audit_path(pf))] == [1]
+    assert not [e for e in read_entries(audit_path(pf)) if e["event"] == "batch.recovered"]
