@@ -33,7 +33,7 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock.
+4 another run holds the lock, 5 purge pending (all enforced; next run retries).
 """
 
 
@@ -305,7 +305,10 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
               help="Write the result to FILE instead of stdout.")
 @click.option("--keys", "keys_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --dry-run: every past-term key and its fate to FILE (CSV: policy,table,key,fate,reason).")
-@click.option("--force", is_flag=True, help="Run policies that the max_fraction safety guard would block.")
+@click.option("--force", is_flag=True,
+              help="Run policies that a safety guard would block (max_fraction, whole table, rate).")
+@click.option("--accept-policy-change", "accept_changes", multiple=True, metavar="NAME",
+              help="Accept this policy's rule change since its last real run (repeatable; audited).")
 @click.option("--record", is_flag=True,
               help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
 @click.option("--metrics-file", "metrics_file", type=click.Path(dir_okay=False), metavar="PATH",
@@ -316,7 +319,7 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        output: str | None, keys_file: str | None, force: bool, record: bool, metrics_file: str | None,
+        output: str | None, keys_file: str | None, force: bool, accept_changes: tuple[str, ...], record: bool, metrics_file: str | None,
         database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
@@ -391,7 +394,7 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
     progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
     return runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
-        progress=progress, record=record, keys_file=keys_file,
+        progress=progress, record=record, keys_file=keys_file, accept_changes=accept_changes,
         audit_key=_audit_key(model.audit.key_env, required=not dry_run or record, where=f"{state.policy_path}: "),
     )
 

@@ -11,6 +11,9 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_BLOCKED = 3
 EXIT_LOCKED = 4
+# Everything was enforced but the purge could not finish (a long transaction held it back):
+# not a failure, the next run retries; its own code so that a job does not retry at once.
+EXIT_PURGE_PENDING = 5
 
 
 class RetentionError(Exception):
@@ -62,6 +65,10 @@ class RunFailed(RetentionError):
     """The run failed part-way; committed batches stay committed and audited."""
 
     exit_code = EXIT_FAILED
+
+
+class BatchCheckFailed(RunFailed):
+    """A batch changed other rows than it selected; it was rolled back and its policy stopped."""
 
 
 class AuditError(RetentionError):

@@ -85,11 +85,11 @@ def test_backlog_run_removes_exactly_the_due_rows_at_the_boundaries(db: TestData
     pf = policy_file(db, tmp_path)
     due = set(range(1, OLD + 1)) - {HELD} | {6002}
     with statements() as seen:
-        preview = run_cli(pf, "--dry-run", as_of="2026-02-28T10:00:00")
+        preview = run_cli(pf, "--dry-run", "--force", as_of="2026-02-28T10:00:00")
         assert preview.exit_code == 0, preview
         p = preview.policy("events")
         assert (p["due"], p["held"], p["cascaded"]) == (len(due), 1, {"event_notes": 3})
-        result = run_cli(pf, as_of="2026-02-28T10:00:00")
+        result = run_cli(pf, "--force", as_of="2026-02-28T10:00:00")
     assert result.exit_code == 0, result
     assert result.policy("events")["applied"] == len(due)
     assert result.policy("events")["cascaded"] == {"event_notes": 3}
@@ -114,7 +114,7 @@ def test_a_due_share_below_a_fifth_keeps_the_index(db: TestDatabase, tmp_path: P
                                        for i in range(8_500)])
     pf = policy_file(db, tmp_path)
     with statements() as seen:
-        preview = run_cli(pf, "--dry-run", as_of="2026-02-28T10:00:00")
+        preview = run_cli(pf, "--dry-run", "--force", as_of="2026-02-28T10:00:00")
     assert preview.exit_code == 0, preview
     assert preview.policy("events")["due"] == 1_500 - 1 + 1  # the old rows but the held one, and 6002
     assert not any("(+ " in s for s in seen)

@@ -78,7 +78,7 @@ def remaining(db: TestDatabase) -> set[int]:
 
 
 def preview(policy_file: Path, as_of: str) -> dict[str, Any]:
-    result = run_cli(policy_file, "--dry-run", as_of=as_of)
+    result = run_cli(policy_file, "--dry-run", "--force", as_of=as_of)
     assert result.exit_code == 0, result
     return result.policy("events")
 
@@ -95,7 +95,7 @@ def step(db: TestDatabase, policy_file: Path, as_of: str, newly_due: set[int]) -
     assert p["due"] == len(newly_due), as_of
     if not newly_due:
         return p
-    result = run_cli(policy_file, as_of=as_of)
+    result = run_cli(policy_file, "--force", as_of=as_of)
     assert result.exit_code == 0, result
     p = result.policy("events")
     assert p["applied"] == len(newly_due), as_of
@@ -218,7 +218,7 @@ def test_end_of_year_alignment_counts_from_the_end_of_the_book_year(db: TestData
     ])
 
     def due(as_of: str) -> tuple[int, int]:
-        result = run_cli(pf, "--dry-run", as_of=as_of)
+        result = run_cli(pf, "--dry-run", "--force", as_of=as_of)
         assert result.exit_code == 0, result
         return result.policy("at")["due"], result.policy("on")["due"]
 
@@ -229,11 +229,11 @@ def test_end_of_year_alignment_counts_from_the_end_of_the_book_year(db: TestData
     assert due("2028-01-01T00:00:00") == (6, 6)
 
     before = remaining(db)
-    result = run_cli(pf, "--policy", "at", as_of="2025-12-31T23:59:59")
+    result = run_cli(pf, "--policy", "at", "--force", as_of="2025-12-31T23:59:59")
     assert result.exit_code == 0, result
     assert result.policy("at")["applied"] == 0
     assert result.policy("at")["cutoff"].startswith("2017-12-31T23:59:59")
-    result = run_cli(pf, "--policy", "at", as_of="2026-01-01T00:00:00")
+    result = run_cli(pf, "--policy", "at", "--force", as_of="2026-01-01T00:00:00")
     assert result.exit_code == 0, result
     assert result.policy("at")["applied"] == 2
     assert remaining(db) == before - {4, 5}
@@ -295,7 +295,7 @@ def test_due_row_referenced_without_cascade_is_deferred(db: TestDatabase, tmp_pa
     pf = setup(db, tmp_path, {1: {"happened_at": old}, 2: {"happened_at": old}}, {10: 1})
     p = preview(pf, "2026-11-24T03:00:00")
     assert (p["due"], p["deferred"], p["deferred_reasons"]) == (2, 1, {"event_notes": 1})
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     assert result.exit_code == 0, result
     p = result.policy("events")
     assert (p["due"], p["deferred"], p["applied"]) == (2, 1, 1)

@@ -1,10 +1,12 @@
 """Write-ahead auditing survives a kill -9: the next run records what really happened.
 
 The run is a real subprocess killed with SIGKILL at a controlled point (the
-RETENTION_TEST_KILL_AT hook in retention.engine.execution): after a batch's `intent` entry but
-before its commit (the database rolls back: `not applied`), or after the commit but before
-`batch.committed` (`applied`). The next run must find the open intent, check the database,
-append `batch.recovered` and `run.interrupted`, and finish the work.
+RETENTION_TEST_KILL_AT hook, ``kill_point`` in retention.engine.execution and the runner): before
+a batch's transaction, after its `intent` entry but before its commit (the database rolls back:
+`not applied`), after the commit but before `batch.committed` (`applied`), and as the purge
+starts. The next run must find the open intent, check the database, append `batch.recovered` and
+`run.interrupted`, and finish the work: the end state, row by row, is that of one uninterrupted
+run on a twin database, on SQLite, PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
+from helpers import snapshot
 
 from retention.audit import log as audit
 
@@ -55,10 +58,11 @@ def _schema(engine: sa.Engine) -> None:
                         sa.Column("ticket_id", sa.Integer, sa.ForeignKey("tickets.id"), nullable=False, index=True),
                         sa.Column("body", sa.Text))
     md.create_all(engine)
-    old = dt.datetime(2020, 5, 1, 12, 0)
+    old, recent = dt.datetime(2020, 5, 1, 12, 0), dt.datetime(2026, 5, 1, 12, 0)
     with engine.begin() as conn:
-        conn.execute(tickets.insert(), [{"id": i, "closed_at": old} for i in range(1, 31)])
-        conn.execute(messages.insert(), [{"id": i, "ticket_id": i, "body": f"b{i}"} for i in range(1, 31)])
+        # 30 due in three batches of ten, and 5 inside their term that every run must keep.
+        conn.execute(tickets.insert(), [{"id": i, "closed_at": old if i <= 30 else recent} for i in range(1, 36)])
+        conn.execute(messages.insert(), [{"id": i, "ticket_id": i, "body": f"b{i}"} for i in range(1, 36)])
 
 
 def _run(policy: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,14 +84,23 @@ def _count(engine: sa.Engine, table: str) -> int:
 
 
 @pytest.mark.parametrize("point,expected,left_after_kill", [
-    ("intent", "not applied", 30),  # killed before COMMIT: the database rolled the batch back
-    ("commit", "applied", 20),      # killed after COMMIT, before `batch.committed`
+    ("batch", None, 25),            # before the second batch's transaction: the first is done
+    ("intent", "not applied", 35),  # inside the transaction, intent audited: rolled back
+    ("commit", "applied", 25),      # after COMMIT, before `batch.committed`
+    ("purge", None, 5),             # every batch done and audited, killed as the purge starts
 ])
-def test_kill_between_intent_and_committed_is_recovered(db: TestDatabase, tmp_path: Path, point: str,
-                                                        expected: str, left_after_kill: int) -> None:
-    if db.name == "mariadb":
-        pytest.skip("pinned on SQLite and PostgreSQL, as the issue asks; MariaDB shares the code path")
-    _schema(db.engine)
+def test_kill_at_each_point_then_rerun_ends_as_an_uninterrupted_run(
+        db: TestDatabase, db_factory: Any, tmp_path: Path, point: str, expected: str | None,
+        left_after_kill: int) -> None:
+    """kill -9 at four points; the re-run recovers and ends with the same rows, value by value, as
+    one uninterrupted run on a twin database (on SQLite, PostgreSQL and MariaDB)."""
+    twin = db_factory(db.name)
+    for database in (db, twin):
+        _schema(database.engine)
+    (tmp_path / "twin").mkdir()
+    reference = tmp_path / "twin" / "policies.yaml"
+    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl"))
+    assert _run(reference).returncode == 0
     log = tmp_path / "audit.jsonl"
     policy = tmp_path / "policies.yaml"
     policy.write_text(POLICY.format(url=db.url, audit=log))
@@ -96,28 +109,38 @@ def test_kill_between_intent_and_committed_is_recovered(db: TestDatabase, tmp_pa
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert _count(db.engine, "tickets") == left_after_kill
     intents = [e for e in _entries(log) if e["event"] == "batch"]
-    assert len(intents) == 1 and intents[0]["state"] == "intent" and intents[0]["keys"] == list(range(1, 11))
-    assert not [e for e in _entries(log) if e["event"] == "batch.committed"]
+    committed = [e for e in _entries(log) if e["event"] == "batch.committed"]
+    if expected:
+        assert len(intents) == len(committed) + 1 and intents[-1]["state"] == "intent"
+    else:
+        assert len(intents) == len(committed)
 
     again = _run(policy)
     assert again.returncode == 0, again.stderr
     entries = _entries(log)
     recovered = [e for e in entries if e["event"] == "batch.recovered"]
-    assert len(recovered) == 1
-    assert recovered[0]["result"] == expected
-    assert recovered[0]["of_run"] == intents[0]["run"] and recovered[0]["batch"] == intents[0]["batch"]
+    if expected:
+        assert [(e["result"], e["of_run"], e["batch"]) for e in recovered] == \
+            [(expected, intents[-1]["run"], intents[-1]["batch"])]
+    else:
+        assert recovered == []
     interrupted = [e for e in entries if e["event"] == "run.interrupted"]
     assert [e["interrupted_run"] for e in interrupted] == [intents[0]["run"]]
-    # The second run finished the work, and the whole log still verifies.
-    assert _count(db.engine, "tickets") == 0 and _count(db.engine, "messages") == 0
+    assert snapshot(db.engine) == snapshot(twin.engine)
     result = json.loads(again.stdout)
-    assert result["policies"][0]["applied"] == left_after_kill
+    assert result["policies"][0]["applied"] == left_after_kill - 5
+    # Every key the two runs audited as deleted, once each: exactly the 30 due tickets.
+    done = {(e["run"], e["batch"]) for e in entries if e["event"] == "batch.committed"}
+    done |= {(e["of_run"], e["batch"]) for e in recovered if e["result"] == "applied"}
+    deleted = sorted(k for e in entries if e["event"] == "batch" and (e["run"], e["batch"]) in done
+                     for k in e["keys"])
+    assert deleted == list(range(1, 31))
     assert audit.verify(log).ok
 
     # A third run has nothing left to recover.
     third = _run(policy)
     assert third.returncode == 0
-    assert len([e for e in _entries(log) if e["event"] == "batch.recovered"]) == 1
+    assert len([e for e in _entries(log) if e["event"] == "batch.recovered"]) == len(recovered)
 
 
 def test_unwritable_audit_log_stops_before_touching_data(sqlite_db: TestDatabase, tmp_path: Path) -> None:
@@ -131,4 +154,4 @@ def test_unwritable_audit_log_stops_before_touching_data(sqlite_db: TestDatabase
     assert result.returncode == 1
     assert "audit" in result.stderr.lower() or "lock" in result.stderr.lower()
     assert "Traceback" not in result.stderr
-    assert _count(sqlite_db.engine, "tickets") == 30
+    assert _count(sqlite_db.engine, "tickets") == 35

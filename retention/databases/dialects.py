@@ -481,3 +481,51 @@ def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect:
     if dialect == "mysql":
         return sa.and_(*bounds, sa.func.date_add(value, sa.text("INTERVAL 0 DAY")).is_not(None))
     return sa.and_(*bounds)
+
+
+# Errors after which the same transaction, started again on a new connection, can succeed: the
+# connection went (killed, failover, restart), a deadlock or serialization victim, a lock wait
+# that timed out. Never a constraint, a syntax or a permission error: those fail the same way
+# every time.
+_TRANSIENT_SQLSTATES = {
+    "postgresql": {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57P01", "57P02", "57P03",  # admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now
+        "08000", "08001", "08003", "08004", "08006",  # connection exceptions
+    },
+}
+_TRANSIENT_ERRNOS = {
+    "mysql": {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout exceeded
+        1213,  # deadlock found
+        1927,  # connection was killed (MariaDB KILL)
+        2003,  # can't connect
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection (extended)
+    },
+}
+_TRANSIENT_TEXTS = {"sqlite": ("database is locked", "database table is locked")}
+
+
+def is_transient(exc: BaseException, dialect: str) -> bool:
+    """Whether a failed transaction may be retried as it was (see the tables above)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    if dialect in _TRANSIENT_SQLSTATES:
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if state is None:
+            # psycopg raises OperationalError without a SQLSTATE when the server never answered
+            # (refused, reset, timed out): a connection problem.
+            return type(orig).__name__ == "OperationalError"
+        return state in _TRANSIENT_SQLSTATES[dialect]
+    if dialect in _TRANSIENT_ERRNOS:
+        args = getattr(orig, "args", ())
+        return bool(args) and isinstance(args[0], int) and args[0] in _TRANSIENT_ERRNOS[dialect]
+    text = str(orig).lower()
+    return any(t in text for t in _TRANSIENT_TEXTS.get(dialect, ()))

@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -22,6 +23,10 @@ from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
 from retention.databases.schema import single_key
 from retention.engine.planning import Plan, _jsonable
+from retention.errors import BatchCheckFailed
+from retention.logs import get_logger
+
+log = get_logger("retention.execution")
 
 Progress = Callable[[int], None]
 
@@ -39,6 +44,40 @@ class Entry:
     cascaded: dict[str, int]
     table: str | None = None
     key_column: str | None = None
+
+
+# Waits before each retry of a transaction that failed for a transient reason (connection lost,
+# deadlock, serialization failure, lock timeout; dialects.is_transient): 3 retries, 3.5 s in all,
+# enough for a killed connection or a deadlock victim, not for a failover of minutes.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+T = TypeVar("T")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def retrying(attempt: Callable[[], T], dialect: str,
+             on_retry: Callable[[int, BaseException, float], None] | None = None,
+             may_retry: Callable[[], bool] = lambda: True) -> T:
+    """``attempt()``, run again after a transient database error, at most len(RETRY_DELAYS) times.
+
+    ``attempt`` must be one whole transaction (rolled back when it raises), so running it again
+    is safe; ``may_retry`` says whether it still is after a failure (not once its changes were
+    audited as intended).
+    """
+    for number, wait in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            return attempt()
+        except sa.exc.DBAPIError as exc:
+            if wait is None or not may_retry() or not dialects.is_transient(exc, dialect):
+                raise
+            if on_retry:
+                on_retry(number, exc, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class AuditSink(Protocol):
@@ -60,7 +99,7 @@ def _audit_keys(keys: list[Any]) -> list[Any]:
     return keys if all(type(k) is int for k in keys) else [_jsonable(k) for k in keys]
 
 
-def _test_hook(point: str) -> None:
+def kill_point(point: str) -> None:
     # Lets the crash-recovery tests kill the process at an exact point (kill -9 semantics).
     if os.environ.get("RETENTION_TEST_KILL_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -76,13 +115,18 @@ class Executor:
         self.marker_value = marker_value
         self.progress = progress or (lambda n: None)
         self.dialect = engine.dialect.name
+        # What committed so far, readable after a failure too.
+        self.applied = Applied()
+        self._audited = False
 
     def run(self, applied: Applied | None = None) -> Applied:
-        """Walk and change every due row. ``applied`` is filled as batches commit, so a caller
-        that passes its own still knows what the committed batches did when a later one fails."""
-        applied = applied if applied is not None else Applied()
-        self._loop(applied)
-        return applied
+        """Walk and change every due row. ``applied`` (default: :attr:`applied`) is filled as
+        batches commit, so a caller still knows what the committed batches did when a later one
+        fails."""
+        if applied is not None:
+            self.applied = applied
+        self._loop(self.applied)
+        return self.applied
 
     def _loop(self, applied: Applied) -> None:
         """Walk the due rows by key; per batch find the blocked ones, change the rest.
@@ -95,44 +139,17 @@ class Executor:
         both written (fsync'd) before the one commit. An anonymise policy of constants only is
         one statement per batch where the database allows (:func:`dialects.update_next_batch`).
         """
-        plan, t, key = self.plan, self.plan.table, self.plan.key
+        plan = self.plan
         # Constants only (no per-row fakes): where the database can, one statement chooses the
         # batch and changes it, and says which keys it changed.
         in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
                   and dialects.updates_next_batch(self.dialect))
         last: Any = None
         while True:
-            with self.engine.begin() as conn:
-                query = sa.select(key).where(plan.due(t))
-                if last is not None:
-                    query = query.where(key > last)
-                query = query.order_by(key).limit(plan.policy.batch_size)
-                if in_one:
-                    _fakes, constants = self._values(0)
-                    keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
-                    if last is None:
-                        return
-                    entries = [Entry("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
-                else:
-                    keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
-                    if not keys:
-                        return
-                    last = keys[-1]
-                    entries = self._change(conn, keys)
-                if not entries:
-                    continue
-                written = []
-                for entry in entries:
-                    batch = self.next_batch()
-                    self.audit.append(
-                        "batch", self.run_id, policy=plan.policy.name, database=plan.database,
-                        table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
-                        key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
-                        columns=entry.columns, count=entry.count, cascaded=entry.cascaded,
-                    )
-                    written.append((batch, entry))
-                _test_hook("intent")
-            _test_hook("commit")
+            done, last, written = retrying(functools.partial(self._batch, in_one, last), self.dialect,
+                                           self._on_retry, lambda: not self._audited)
+            if done:
+                return
             for batch, entry in written:
                 count = entry.count
                 if entry.action == "detach":
@@ -153,6 +170,85 @@ class Executor:
                 for child, n in entry.cascaded.items():
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
+
+    def _batch(self, in_one: bool, last: Any) -> tuple[bool, Any, list[tuple[int, Entry]]]:
+        """One batch in one transaction: (walk finished, last key chosen, audited changes committed)."""
+        plan, t, key = self.plan, self.plan.table, self.plan.key
+        self._audited = False
+        if last is not None:
+            kill_point("batch")
+        with self.engine.begin() as conn:
+            query = sa.select(key).where(plan.due(t))
+            if last is not None:
+                query = query.where(key > last)
+            query = query.order_by(key).limit(plan.policy.batch_size)
+            if in_one:
+                _fakes, constants = self._values(0)
+                keys, chosen = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
+                if chosen is None:
+                    return True, last, []
+                entries = [Entry("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
+            else:
+                keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
+                if not keys:
+                    return True, last, []
+                chosen = keys[-1]
+                entries = self._change(conn, keys)
+            if not entries:
+                return False, chosen, []
+            self._check(conn, entries)
+            written = []
+            for entry in entries:
+                batch = self.next_batch()
+                # From here on the batch's fate is in the audit log: a failed commit is not
+                # retried (did it commit?) but left to the next run's recovery.
+                self._audited = True
+                self.audit.append(
+                    "batch", self.run_id, policy=plan.policy.name, database=plan.database,
+                    table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
+                    key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
+                    columns=entry.columns, count=entry.count, cascaded=entry.cascaded,
+                )
+                written.append((batch, entry))
+            kill_point("intent")
+        kill_point("commit")
+        return False, chosen, written
+
+    def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
+        self.audit.append("batch.retry", self.run_id, policy=self.plan.policy.name, database=self.plan.database,
+                          attempt=attempt, wait_s=wait, error=first_line(exc))
+        log.warning("batch.retry", policy=self.plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
+
+    def _check(self, conn: sa.Connection, entries: list[Entry]) -> None:
+        """Before the batch is audited and committed: each statement changed exactly the rows it
+        was given, and none of them is left as it was (a trigger that skips a row, a rule, a
+        driver miscounting). Otherwise the batch is rolled back and the policy stops, with both
+        numbers in the audit log: retention that changes more or less than asked is a defect."""
+        plan = self.plan
+        for entry in entries:
+            if entry.action == "detach":
+                # The referencing rows: each given one now has its foreign key NULL.
+                table = plan.schema.tables[entry.table or plan.table.name]
+                cond = sa.and_(dialects.key_in(table.c[entry.key_column or plan.key.name], entry.keys, self.dialect),
+                               sa.or_(*[table.c[c].is_not(None) for c in entry.columns]))
+            else:
+                table = plan.table
+                cond = dialects.key_in(plan.key, entry.keys, self.dialect)
+                if entry.action == "anonymise":
+                    cond = sa.and_(cond, plan.pending(table))
+            left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one()
+            if entry.count == len(entry.keys) and left == 0:
+                continue
+            self.audit.append(
+                "batch.mismatch", self.run_id, policy=plan.policy.name, database=plan.database, table=table.name,
+                action=entry.action, key_column=entry.key_column or plan.key.name, keys=_audit_keys(entry.keys),
+                selected=len(entry.keys), affected=entry.count, left_unchanged=left, result="rolled back",
+            )
+            raise BatchCheckFailed(
+                f"batch self-check: the {entry.action} of {len(entry.keys)} selected rows of {table.name} affected "
+                f"{entry.count}, and {left} of them are left unchanged; the batch was rolled back and the policy "
+                "stopped (a trigger or rule on the table?)"
+            )
 
     def _change(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:
         """Change a locked batch: delete the keys nothing holds back (anonymise the held-back ones

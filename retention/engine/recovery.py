@@ -27,6 +27,12 @@ def recover(log_: Any, run_id: str, model: PolicyFile, connected: Connected) -> 
         log_.append("run.interrupted", run_id, interrupted_run=start["run"], started=start.get("ts"))
         log.warning("run.interrupted", interrupted_run=start["run"])
     for intent in audit.open_intents(path):
+        if intent.get("database") in connected.unreachable:
+            # Its database could not be reached tonight: the question stays open for a run that can
+            # look, rather than being closed as "unknown" for good.
+            log.warning("batch.unresolved", policy=intent.get("policy"), of_run=intent["run"],
+                        batch=intent["batch"], database=intent.get("database"))
+            continue
         result, detail = _fate(intent, model, connected)
         log_.append("batch.recovered", run_id, policy=intent.get("policy"), of_run=intent["run"],
                     batch=intent["batch"], result=result, detail=detail)

@@ -11,6 +11,7 @@ A dry run stops after the input checks: no lock, no recovery, no audit entry (bu
 from __future__ import annotations
 
 import csv
+import functools
 import getpass
 import socket
 import time
@@ -30,12 +31,20 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import keys, monitor, recovery
-from retention.engine.execution import Applied, Executor
+from retention.engine import guards, keys, monitor, recovery
+from retention.engine.execution import Applied, Executor, first_line, kill_point, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
 from retention.engine.validation import Connected, connect_and_check
-from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError, UsageError
+from retention.errors import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PURGE_PENDING,
+    BatchCheckFailed,
+    RetentionError,
+    UsageError,
+)
 from retention.logs import get_logger
 from retention.policy.dates import cutoff
 from retention.policy.model import Policy, PolicyFile
@@ -246,6 +255,7 @@ def execute_run(
     audit_key: bytes | None = None,
     record: bool = False,
     keys_file: Path | None = None,
+    accept_changes: Sequence[str] = (),
 ) -> RunResult:
     """Enforce the policies, or preview them (``dry_run``).
 
@@ -256,8 +266,12 @@ def execute_run(
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
     selected = select_policies(model, policy_names, database)
+    _check_accepted_names(selected, accept_changes)
+    history = guards.read_history(Path(model.audit.path))
+    if not dry_run:
+        guards.check_clock(moment, history)
     with ExitStack() as stack:
-        connected: Connected = connect_and_check(model, selected, readonly=dry_run)
+        connected: Connected = connect_and_check(model, selected, readonly=dry_run, independent=True)
         stack.callback(connected.dispose)
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
         # Every log line from here on, errors included, carries the run id (the CLI clears it).
@@ -277,7 +291,28 @@ def execute_run(
             recovery.recover(log_, run_id, model, connected)
             monitor.ping(model.monitor.url, "start", run_id)
 
-        plans = make_plans(model, selected, connected, moment)
+        # A database that could not be reached fails its own policies; the others run.
+        reachable = [p for p in selected if model.database_of(p) not in connected.unreachable]
+        plans = make_plans(model, reachable, connected, moment)
+
+        rules = {pl.policy.name: guards.effective_rule(pl.policy, pl.database) for pl in plans}
+        ratchet: dict[str, str] = {}
+        for pl in plans:
+            name = pl.policy.name
+            baseline = history.rules.get(name)
+            changes = guards.rule_changes(baseline.rule, rules[name], pl.cutoff, moment, model.timezone) \
+                if baseline else []
+            if not changes or baseline is None:
+                continue
+            if name in accept_changes:
+                if not dry_run:
+                    log_.append("policy.change.accepted", run_id, policy=name, user=getpass.getuser(),
+                                of_run=baseline.run, old=baseline.rule, new=rules[name],
+                                changes=[c.as_event() for c in changes])
+                    log.warning("policy.change.accepted", policy=name, changes=[str(c) for c in changes])
+            else:
+                ratchet[name] = guards.ratchet_message(name, changes, baseline)
+                pl.blocked_by_guard = True
 
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
@@ -288,6 +323,9 @@ def execute_run(
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
                 "cutoff": pl.cutoff.isoformat(), "basis": pl.policy.basis,
                 "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
+                # The effective rule, read back by the ratchet of later runs (guards.read_history).
+                **{k: v for k, v in rules[pl.policy.name].items() if k not in ("database", "table", "action")},
+                **({"ratchet": "blocked"} if pl.policy.name in ratchet else {}),
             } for pl in plans],
         )
         result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[],
@@ -296,14 +334,16 @@ def execute_run(
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
-        failed = False
+        # Databases where a policy failed: their later policies are skipped, the others' run.
+        failed: set[str] = set()
         partial = len(selected) < len(model.policies)
         for plan in plans:
             outcome = _outcome(plan, model)
             outcome.partial = partial
             result.policies.append(outcome)
-            if failed:
+            if plan.database in failed:
                 outcome.status = "skipped"
+                plan.blocked_by_guard = True
                 continue
             t0 = time.monotonic()
             engine = connected.engines[plan.database]
@@ -311,45 +351,28 @@ def execute_run(
                         table=plan.policy.table, action=plan.policy.action, cutoff=plan.cutoff.isoformat(),
                         basis=plan.policy.basis, dry_run=dry_run)
             try:
-                with engine.connect() as conn:
-                    counts = plan.count(conn, cascade=dry_run)
-                    _set_counts(outcome, plan, counts)
-                    if not dry_run:  # a real run reports the rows it detached, not the count's estimate
-                        outcome.detached, outcome.detached_columns = 0, {}
-                    share = plan.touched(counts) / counts.total if counts.total else 0.0
-                    if share > plan.policy.max_fraction and not force:
-                        plan.blocked_by_guard = True
-                        outcome.status = "blocked"
-                        outcome.error = (
-                            f"would change {plan.touched(counts)} of {counts.total} rows ({share:.0%}), more than "
-                            f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)"
-                        )
-                    if plan.policy.anonymises:
-                        # Before anything of the policy is written: on the values the rows would
-                        # hold afterwards, so a failing policy touches nothing (exit 3).
-                        t_check = time.monotonic()
-                        reid = check_reidentification(conn, plan, plans, model)
-                        # What the check costs, every night (integer milliseconds, as the audit log wants).
-                        outcome.reidentification = reid.as_dict() | {
-                            "duration_ms": round((time.monotonic() - t_check) * 1000)}
-                        if not reid.passed and outcome.status == "blocked":
-                            outcome.warnings.append(reid.failure())
-                        elif not reid.passed and plan.policy.reidentification == "warn":
-                            outcome.warnings.append(f"{reid.failure()} (reidentification: warn: it runs anyway)")
-                        elif not reid.passed and outcome.status == "ok":
-                            plan.blocked_by_guard = True
-                            outcome.status = "blocked"
-                            outcome.error = (f"{reid.failure()}; nothing done. Generalise or null the kept columns, "
-                                             "detach or delete the linking rows, or set reidentification: warn "
-                                             "(docs/policy-file.md)")
-                    if outcome.status == "ok" and dry_run:
-                        outcome.cascaded = counts.cascaded
-                        outcome.sample = plan.sample(conn, counts)
-                        if write_key is not None:
+                counts, problem, sample = retrying(
+                    functools.partial(_survey, plan, engine, dry_run, history, ratchet, force),
+                    engine.dialect.name, functools.partial(_on_retry, log_, run_id, plan))
+                _set_counts(outcome, plan, counts)
+                if not dry_run:  # a real run reports the rows it detached, not the count's estimate
+                    outcome.detached, outcome.detached_columns = 0, {}
+                if problem:
+                    plan.blocked_by_guard = True
+                    outcome.status = "blocked"
+                    outcome.error = problem
+                if plan.policy.anonymises:
+                    _check_reidentification(outcome, engine, plan, plans, model)
+                if dry_run and (outcome.status == "ok" or plan.policy.name in ratchet):
+                    # A preview of a changed policy shows what the change would do.
+                    outcome.cascaded = counts.cascaded
+                    outcome.sample = sample
+                if dry_run:
+                    with engine.connect() as conn:
+                        if write_key is not None and outcome.status == "ok":
                             keys.write_keys(conn, plan, write_key)
-                    if dry_run:
                         _lifetime(outcome, plan, model, conn)
-                    conn.rollback()
+                        conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
@@ -365,12 +388,15 @@ def execute_run(
                         if applied.deleted or applied.anonymised:
                             # Also after a failure: committed batches left bytes to purge.
                             touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
-            except sa.exc.SQLAlchemyError as exc:
-                failed = True
+            except (sa.exc.SQLAlchemyError, BatchCheckFailed) as exc:
+                failed.add(plan.database)
                 outcome.status = "failed"
-                outcome.error = _first_line(exc)
+                outcome.error = first_line(exc)
             outcome.duration_s = round(time.monotonic() - t0, 3)
+            # Rows of the policy's own table deleted or anonymised: what the rate guard learns from.
+            changed_rows = outcome.deleted + outcome.anonymised if outcome.status == "ok" else 0
             log_.append("policy.end", run_id, policy=outcome.name, due=outcome.due, held=outcome.held,
+                        changed=changed_rows,
                         deferred=outcome.deferred, applied=outcome.applied, deleted=outcome.deleted,
                         anonymised=outcome.anonymised,
                         cascaded=outcome.cascaded, deferred_reasons=outcome.deferred_reasons,
@@ -387,27 +413,45 @@ def execute_run(
                      to_delete=outcome.to_delete, to_anonymise=outcome.to_anonymise, cascaded=outcome.cascaded,
                      status=outcome.status, dry_run=dry_run, duration_s=outcome.duration_s)
 
-        pending = False
+        for p in selected:
+            db = model.database_of(p)
+            if db in connected.unreachable:
+                result.policies.append(_unreached(p, db, moment, model, connected.unreachable[db]))
+                log_.append("policy.end", run_id, policy=p.name, database=db, due=0, held=0, deferred=0,
+                            applied=0, anonymised=0, changed=0, cascaded={}, deferred_reasons={},
+                            status="failed", dry_run=dry_run, duration_ms=0, error=result.policies[-1].error)
+
+        pending = purge_failed = False
         if not dry_run:
             for db, tables in touched.items():
                 level = model.databases[db].purge
+                kill_point("purge")
                 res = purge.purge(connected.engines[db], db, sorted(tables), level)
                 event = res.as_event()
                 result.purges.append({**event, "duration_s": res.duration_s})
                 log_.append("purge", run_id, **event)
                 log.info("purge", **event)
-                if res.result in ("pending", "failed"):
+                if res.result == "pending":
                     pending = True
+                elif res.result == "failed":
+                    purge_failed = True
 
-        if failed:
+        if connected.unreachable:
+            result.exit_code, result.status = EXIT_FAILED, "failed"
+            result.message = (f"database(s) {', '.join(sorted(connected.unreachable))} could not be reached: their "
+                              "policies did not run; the other databases' policies ran; a re-run finishes the work")
+        elif failed:
             result.exit_code, result.status = EXIT_FAILED, "failed"
             result.message = "the run failed part-way; committed batches stay committed; a re-run finishes the work"
-        elif pending:
-            result.exit_code, result.status = EXIT_FAILED, "purge pending"
-            result.message = "purge pending: removed values may still be in the database files; the next run retries"
+        elif purge_failed:
+            result.exit_code, result.status = EXIT_FAILED, "failed"
+            result.message = "the purge failed: removed values may still be in the database files (see purge)"
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
-            result.message = "a safety guard (max_fraction, re-identification check) stopped a policy; the others ran"
+            result.message = "a safety guard stopped a policy (see its error); the others ran"
+        elif pending:
+            result.exit_code, result.status = EXIT_PURGE_PENDING, "purge pending"
+            result.message = "purge pending: removed values may still be in the database files; the next run retries"
         duration_s = round(time.monotonic() - started, 3)
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))
@@ -469,9 +513,81 @@ def _record_preview(model: PolicyFile, result: RunResult, audit_key: bytes | Non
         result.message = f"the preview was not recorded: {exc}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _unreached(p: Policy, db: str, moment: pendulum.DateTime, model: PolicyFile, reason: str) -> PolicyOutcome:
+    cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
+    return PolicyOutcome(
+        name=p.name, database=db, table=p.table, action=p.action, basis=p.basis, description=p.description,
+        retain=str(p.retain), align=p.align, cutoff=cut.isoformat(),
+        cutoff_local=cut.local.strftime("%Y-%m-%d %H:%M:%S"),
+        cutoff_windows=[[lo.isoformat(), hi.isoformat()] for lo, hi in cut.windows], status="failed",
+        error=f"database '{db}' unreachable, nothing done: {reason}",
+    )
+
+
+def _check_accepted_names(selected: Sequence[Policy], names: Sequence[str]) -> None:
+    known = {p.name for p in selected}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--accept-policy-change: no policy {', '.join(map(repr, unknown))} in this run; "
+                         f"policies: {', '.join(sorted(known))}")
+
+
+def _survey(plan: Plan, engine: sa.Engine, dry_run: bool, history: guards.History, ratchet: dict[str, str],
+            force: bool) -> tuple[Counts, str | None, list[Any]]:
+    """Counts, the guard's verdict and (preview) the first keys: one read-only transaction."""
+    with engine.connect() as conn:
+        counts = plan.count(conn, cascade=dry_run)
+        problem = _guard_problem(plan, counts, history, ratchet, force)
+        sample = plan.sample(conn, counts) if dry_run and (not problem or plan.policy.name in ratchet) else []
+        conn.rollback()
+    return counts, problem, sample
+
+
+def _on_retry(log_: audit.AuditLog, run_id: str, plan: Plan, attempt: int, exc: BaseException, wait: float) -> None:
+    log_.append("policy.retry", run_id, policy=plan.policy.name, database=plan.database, attempt=attempt,
+                wait_s=wait, error=first_line(exc))
+    log.warning("policy.retry", policy=plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
+
+
+def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet: dict[str, str],
+                   force: bool) -> str | None:
+    """Why a safety guard blocks this policy tonight, or None. Only the ratchet ignores --force:
+    a changed rule needs its own acceptance, by name."""
+    name = plan.policy.name
+    if name in ratchet:
+        return ratchet[name]
+    if force:
+        return None
+    would, total = plan.touched(counts), counts.total
+    share = would / total if total else 0.0
+    if share > plan.policy.max_fraction:
+        return (f"would change {would} of {total} rows ({share:.0%}), more than "
+                f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)")
+    return guards.everything_due(would, total) or guards.rate_problem(name, would, history)
+
+
+def _check_reidentification(outcome: PolicyOutcome, engine: sa.Engine, plan: Plan, plans: Sequence[Plan],
+                            model: PolicyFile) -> None:
+    """Before anything of the policy is written: on the values the rows would hold afterwards,
+    so a failing policy touches nothing (exit 3)."""
+    t_check = time.monotonic()
+    with engine.connect() as conn:
+        reid = check_reidentification(conn, plan, plans, model)
+        conn.rollback()
+    # What the check costs, every night (integer milliseconds, as the audit log wants).
+    outcome.reidentification = reid.as_dict() | {"duration_ms": round((time.monotonic() - t_check) * 1000)}
+    if reid.passed:
+        return
+    if outcome.status == "blocked":
+        outcome.warnings.append(reid.failure())
+    elif plan.policy.reidentification == "warn":
+        outcome.warnings.append(f"{reid.failure()} (reidentification: warn: it runs anyway)")
+    elif outcome.status == "ok":
+        plan.blocked_by_guard = True
+        outcome.status = "blocked"
+        outcome.error = (f"{reid.failure()}; nothing done. Generalise or null the kept columns, "
+                         "detach or delete the linking rows, or set reidentification: warn "
+                         "(docs/policy-file.md)")
 
 
 __all__ = ["execute_run", "RunResult", "PolicyOutcome", "RetentionError"]

@@ -6,6 +6,7 @@ validate reports, before anything is touched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from retention.databases.schema import (
     reflect,
 )
 from retention.errors import DatabaseUnreachable, SchemaError
+from retention.logs import get_logger, redact_url
 from retention.policy.model import Policy, PolicyFile
+
+log = get_logger("retention.validation")
 
 
 @dataclass
@@ -31,6 +35,8 @@ class Connected:
     engines: dict[str, sa.Engine]
     schemas: dict[str, Schema]
     warnings: list[str] = field(default_factory=list)
+    # With independent=True: databases that could not be reached, and why (no engine, no schema).
+    unreachable: dict[str, str] = field(default_factory=dict)
 
     def dispose(self) -> None:
         for engine in self.engines.values():
@@ -38,12 +44,17 @@ class Connected:
 
 
 def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = None,
-                      readonly: bool = True, survey: bool = False) -> Connected:
+                      readonly: bool = True, survey: bool = False, independent: bool = False) -> Connected:
     """Engines and reflected schemas for the policies' databases; raise SchemaError on any problem.
 
     ``survey`` (``retention validate``) also reads the data: rows whose ``after`` is not a date
     become warnings. It scans each policy's table, which a nightly run does not need to do.
+
+    ``independent`` (a run): a database that cannot be reached (after retries) is left out and
+    named in ``Connected.unreachable``, so the others' policies still run; only when none can be
+    reached is it an error. Problems in the file or the schema stay errors for the whole run.
     """
+    unreachable: dict[str, str] = {}
     policies = list(model.policies if policies is None else policies)
     needed = list(dict.fromkeys(model.database_of(p) for p in policies))
     engines: dict[str, sa.Engine] = {}
@@ -54,13 +65,22 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
             engine = dialects.create_engine(url, readonly=readonly,
                                             secure_delete=model.databases[name].purge != "none")
+            try:
+                _reach(engine, name, url)
+            except DatabaseUnreachable as exc:
+                engine.dispose()
+                if not independent:
+                    raise
+                unreachable[name] = str(exc)
+                continue
             engines[name] = engine
-            dialects.check_reachable(engine, url)
+        if unreachable and not engines:
+            raise DatabaseUnreachable("\n".join(unreachable.values()))
         schemas: dict[str, Schema] = {}
         problems: list[str] = []
         warnings: list[str] = []
         unknown_personal = set(model.personal)
-        for name in needed:
+        for name in [n for n in needed if n not in unreachable]:
             mine = [p for p in policies if model.database_of(p) == name]
             # Every policy of the file on this database, selected or not: a cascade into another
             # policy's table is refused, and holds follow links into the other policies' tables.
@@ -76,7 +96,8 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
                 problems.append(f"{locate_personal(model, table)}: key 'personal.{table}': {msg}")
             unknown_personal &= missing
             warnings += purge.storage_warnings(engines[name], name, model.databases[name].purge)
-        for table in sorted(unknown_personal):
+        # A table of an unreachable database cannot be checked tonight; that is no mistake in the file.
+        for table in sorted(unknown_personal) if not unreachable else []:
             problems.append(f"{locate_personal(model, table)}: key 'personal.{table}': no database of the file "
                             f"has a table '{table}'")
         if problems:
@@ -91,7 +112,26 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
         for engine in engines.values():
             engine.dispose()
         raise
-    return Connected(engines, schemas, warnings)
+    return Connected(engines, schemas, warnings, unreachable)
+
+
+def _reach(engine: sa.Engine, name: str, url: str) -> None:
+    """Connect, retrying a transient failure (a server restarting, a failover) as a batch is
+    retried; then the last attempt's error, with the URL's password hidden, ends the run (exit 2)."""
+    from retention.engine.execution import RETRY_DELAYS
+
+    for wait in RETRY_DELAYS:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return
+        except sa.exc.DBAPIError as exc:
+            if not dialects.is_transient(exc, engine.dialect.name):
+                break
+            reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0]
+            log.warning("database.retry", database=name, wait_s=wait, error=reason.replace(url, redact_url(url)))
+            time.sleep(wait)
+    dialects.check_reachable(engine, url)
 
 
 def unreadable_warning(engine: sa.Engine, schema: Schema, policy: Policy, first: int = 5) -> str | None:
