@@ -319,8 +319,8 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @click.pass_obj
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
-        output: str | None, keys_file: str | None, force: bool, accept_changes: tuple[str, ...], record: bool, metrics_file: str | None,
-        database: str | None, database_index: int | None) -> None:
+        output: str | None, keys_file: str | None, force: bool, accept_changes: tuple[str, ...], record: bool,
+        metrics_file: str | None, database: str | None, database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -347,7 +347,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     started = time.monotonic()
     try:
         result = _run(state, dry_run, policy_names, as_of, force, database, database_index, record,
-                      Path(keys_file) if keys_file else None)
+                      Path(keys_file) if keys_file else None, accept_changes)
     except Exception as exc:
         # A night that ends in exit 2 or 4 must show in the metrics too, not leave last night's file.
         if metrics_file:
@@ -378,7 +378,8 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
 
 
 def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, force: bool,
-         database: str | None, database_index: int | None, record: bool, keys_file: Path | None) -> Any:
+         database: str | None, database_index: int | None, record: bool, keys_file: Path | None,
+         accept_changes: tuple[str, ...] = ()) -> Any:
     from retention.engine import runner
     from retention.policy import dates
 
