@@ -6,6 +6,7 @@ expands ``${VAR}`` and turns pydantic's error locations into ``file:line`` messa
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -137,6 +138,18 @@ class Policy(_Strict):
     marker: str | None = None
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+    @field_validator("max_fraction", mode="before")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        # pydantic's own words for .nan ("greater than 0") send a reader looking in the wrong place.
+        if isinstance(v, bool):
+            raise ValueError(f"expected a share of the table between 0 and 1, like 0.5, got {str(v).lower()}")
+        if isinstance(v, float) and math.isnan(v):
+            raise ValueError("is not a number (.nan); give a share of the table between 0 and 1, like 0.5")
+        if isinstance(v, float) and math.isinf(v):
+            raise ValueError("is infinite; give a share of the table between 0 and 1, like 0.5")
+        return v
 
     @field_validator("name")
     @classmethod
