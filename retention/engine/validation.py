@@ -41,7 +41,8 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             _refuse_missing_sqlite_file(name, url)
             # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
             engine = dialects.create_engine(url, readonly=readonly,
-                                            secure_delete=model.databases[name].purge != "none")
+                                            secure_delete=model.databases[name].purge != "none",
+                                            **model.databases[name].timeouts())
             engines[name] = engine
             dialects.check_reachable(engine, url)
         schemas: dict[str, Schema] = {}

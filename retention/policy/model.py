@@ -97,9 +97,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+# Bounded waits (docs/safety.md, "Timeouts"), in seconds. A server that accepted TCP and never
+# answered hung `validate` and `run` for good on PostgreSQL, ~40 s on MariaDB. The lock and
+# statement limits are far above any legitimate batch (100,000 rows with cascades take seconds
+# to a minute): they stop a night stuck behind a forgotten transaction, not a slow one.
+CONNECT_TIMEOUT_S = 10.0
+LOCK_TIMEOUT_S = 300.0
+STATEMENT_TIMEOUT_S = 4 * 3600.0
+
+
 class Database(_Strict):
     url: str
     purge: str = "thorough"
+    connect_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = CONNECT_TIMEOUT_S
+    # 0: no limit (the server's own setting).
+    lock_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = LOCK_TIMEOUT_S
+    statement_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = STATEMENT_TIMEOUT_S
+
+    def timeouts(self) -> dict[str, float]:
+        return {"connect_timeout": self.connect_timeout, "lock_timeout": self.lock_timeout,
+                "statement_timeout": self.statement_timeout}
 
     @field_validator("purge", mode="before")
     @classmethod
