@@ -30,7 +30,8 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock.
+4 another run holds the lock. A configured monitor hears every real run's
+end: URL on success, URL/<exit code> otherwise.
 """
 
 
@@ -151,22 +152,43 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     from retention.policy import dates
     from retention.reports import run as reports
 
-    model = state.load()
-    moment = None
-    if as_of:
-        try:
-            moment = dates.parse_as_of(as_of, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc)) from None
-    progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
-    result = runner.execute_run(
-        model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
-        progress=progress, audit_key=_audit_key(model.audit.key_env),
-    )
+    model = None
+    try:
+        model = state.load()
+        moment = None
+        if as_of:
+            try:
+                moment = dates.parse_as_of(as_of, model.timezone)
+            except dates.PeriodError as exc:
+                raise UsageError(str(exc)) from None
+        progress = _progress_factory() if (not dry_run and sys.stdout.isatty()) else None
+        result = runner.execute_run(
+            model, dry_run=dry_run, as_of=moment, policy_names=policy_names, force=force,
+            progress=progress, audit_key=_audit_key(model.audit.key_env),
+        )
+    except Exception as exc:
+        # The runner pings the ends of the runs it finishes; these never got that far.
+        if not dry_run:
+            _ping_failure(state, model.monitor.url if model is not None else None, exc)
+        raise
     click.echo(reports.render(result, fmt), nl=False)
     if result.message and fmt != "text":
         click.echo(result.message, err=True)
     _exit(result.exit_code)
+
+
+def _ping_failure(state: _State, url: str | None, exc: Exception) -> None:
+    """``URL/<exit code>`` for a real run that ended in an error: an invalid file (2) and a held
+    lock (4) are nights the monitor must hear about too. A file that did not load gives its URL
+    from the raw YAML when it parses at all."""
+    from retention.engine import monitor
+    from retention.policy import loader
+
+    if url is None:
+        url = loader.monitor_url(state.policy_path)
+    code = exc.exit_code if isinstance(exc, RetentionError) else EXIT_FAILED
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    monitor.ping(url, "fail", f"exit {code}: {first}", exit_code=code)
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:

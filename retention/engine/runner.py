@@ -146,7 +146,7 @@ def execute_run(
 
         recovery.recover(log_, run_id, model, connected)
         if not dry_run:
-            monitor.ping(model.monitor.url, "start", run_id)
+            monitor.ping(model.monitor.url, "start", run_id, rid=monitor.run_rid(run_id))
 
         order = run_order(selected, connected.schemas, model.database_of)
         plans: list[Plan] = []
@@ -252,7 +252,8 @@ def execute_run(
                     dry_run=dry_run, duration_s=round(time.monotonic() - started, 3))
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
-            monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
+            monitor.ping(model.monitor.url, "success", summary, rid=monitor.run_rid(run_id),
+                         exit_code=result.exit_code)
         return result
 
 

@@ -399,3 +399,29 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> PolicyFile:
     return model.model_copy(
         update={"source": str(path), "source_sha256": hashlib.sha256(raw).hexdigest(), "locations": locations}
     )
+
+
+def monitor_url(path: Path | str, env: Mapping[str, str] | None = None) -> str | None:
+    """``monitor.url`` of a file that did not load, read from its raw YAML when that parses at all.
+
+    So that a broken file (exit 2) still reaches the dead-man's switch that night, instead of
+    leaving it to notice a missing ping when its grace period ends. None when there is no
+    readable URL; never raises.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        loader = _GuardedLoader(_read_bounded(path).decode("utf-8"))
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except Exception:
+        return None
+    monitor = data.get("monitor") if isinstance(data, dict) else None
+    url = monitor.get("url") if isinstance(monitor, dict) else None
+    if not isinstance(url, str):
+        return None
+    problems = _Problems(path, _Located(), data)
+    url = _expand(url, ("monitor", "url"), env, problems)
+    return url if url and not problems.items else None
