@@ -12,6 +12,7 @@ import datetime
 import itertools
 import json
 import math
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +25,33 @@ from retention.errors import DatabaseUnreachable
 from retention.logs import redact_url
 
 
+def _shown_url(url: str) -> str:
+    """The URL for a message: without its password, also when it does not parse as a URL
+    (``postgresql//job:secret@host``): then everything before the last ``@`` but the scheme goes."""
+    try:
+        sa.engine.make_url(url)
+    except Exception:
+        head, at, tail = url.rpartition("@")
+        if at:
+            scheme = head.split("//", 1)[0] if "//" in head else ""
+            return f"{scheme}//***@{tail}" if scheme else f"***@{tail}"
+    return redact_url(url)
+
+
 def _without_url(text: str, url: str) -> str:
-    """An error text with the URL (and so its password) replaced by its redacted form."""
-    return text.replace(url, redact_url(url))
+    """An error text with the URL, and any piece of its password, replaced.
+
+    A driver's or parser's message may quote part of the URL rather than all of it:
+    ``job:p@ss:Hunter2@host`` fails with "invalid literal for int(): 'Hunter2@host'".
+    """
+    text = text.replace(url, _shown_url(url))
+    head, at, _ = url.rpartition("@")
+    userinfo = head.split("//", 1)[-1] if at else ""
+    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+    for piece in sorted({password, *re.split(r"[:@/]", password)}, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, "***")
+    return text
 
 
 # Defaults of the policy file's per-database keys (policy/model.py), for callers without one.
@@ -84,7 +109,7 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True, 
         engine = sa.create_engine(parsed, pool_pre_ping=backend != "sqlite", connect_args=connect_args)
     except Exception as exc:
         reason = _without_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
-        raise DatabaseUnreachable(f"cannot use database URL {redact_url(url)}: {reason}") from None
+        raise DatabaseUnreachable(f"cannot use database URL {_shown_url(url)}: {reason}") from None
     name = engine.dialect.name
 
     @event.listens_for(engine, "connect")
