@@ -154,6 +154,14 @@ def test_lock_and_statement_limits_are_session_settings(server_db: TestDatabase)
         assert lock == (7.5 if engine.dialect.name == "postgresql" else math.ceil(7.5))
     finally:
         engine.dispose()
+    # 0: not set, the server's own setting stays (on these test servers: no limit).
+    engine = dialects.create_engine(server_db.url, lock_timeout=0, statement_timeout=0)
+    try:
+        lock, statement = _session_limits(engine)
+        assert statement == 0
+        assert lock == (0 if engine.dialect.name == "postgresql" else 50)  # InnoDB's default
+    finally:
+        engine.dispose()
 
 
 def test_a_row_lock_held_elsewhere_ends_the_wait_after_lock_timeout(server_db: TestDatabase) -> None:

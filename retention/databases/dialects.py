@@ -69,8 +69,13 @@ def _connect_args(backend: str, connect_timeout: float, statement_timeout: float
     """
     if backend == "postgresql":
         # libpq counts whole seconds and treats anything under 2 as 2.
-        options = f"-c lock_timeout={int(lock_timeout * 1000)} -c statement_timeout={int(statement_timeout * 1000)}"
-        return {"connect_timeout": max(2, math.ceil(connect_timeout)), "options": options}
+        # 0: not set here, so the server's (or the role's) own setting applies.
+        limits = [f"-c {name}={int(value * 1000)}" for name, value in
+                  (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout)) if value]
+        args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+        if limits:
+            args["options"] = " ".join(limits)
+        return args
     if backend in ("mysql", "mariadb"):
         # PyMySQL's connect_timeout covers the TCP connect only; the handshake is read under
         # read_timeout (a server that accepts and never answers: ~40 s, or for ever). So the

@@ -110,7 +110,7 @@ class Database(_Strict):
     url: str
     purge: str = "thorough"
     connect_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = CONNECT_TIMEOUT_S
-    # 0: no limit (the server's own setting).
+    # 0: not set by retention, the server's own setting applies (normally: no limit).
     lock_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = LOCK_TIMEOUT_S
     statement_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = STATEMENT_TIMEOUT_S
 
