@@ -93,7 +93,8 @@ def test_a_stalled_server_costs_the_connect_timeout_and_exits_2(driver: str, com
     assert result.exit_code == EXIT_INVALID, result
     assert elapsed < TIMEOUT_S + MARGIN_S, f"{driver} {command}: {elapsed:.1f} s"
     assert elapsed >= TIMEOUT_S * 0.9, f"{driver}: gave up after {elapsed:.1f} s, before its timeout"
-    assert f"cannot connect to {URLS[driver].format(pw='***', port=stalled_port)}" in result.stderr
+    assert f"database 'shop': cannot connect to {URLS[driver].format(pw='***', port=stalled_port)}: " \
+        in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
     assert not (tmp_path / "audit" / "retention.jsonl").exists()
 

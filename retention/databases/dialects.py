@@ -98,7 +98,7 @@ def _mysql_long_reads(dbapi_conn: Any, statement_timeout: float) -> None:
 
 def create_engine(url: str, readonly: bool = False, secure_delete: bool = True, *,
                   connect_timeout: float = CONNECT_TIMEOUT_S, lock_timeout: float = LOCK_TIMEOUT_S,
-                  statement_timeout: float = STATEMENT_TIMEOUT_S) -> sa.Engine:
+                  statement_timeout: float = STATEMENT_TIMEOUT_S, name: str | None = None) -> sa.Engine:
     """An engine for the job: SQLite gets explicit write locks, dry runs get read-only sessions.
 
     ``secure_delete``: SQLite overwrites deleted content with zeros (``PRAGMA secure_delete``).
@@ -114,7 +114,7 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True, 
         engine = sa.create_engine(parsed, pool_pre_ping=backend != "sqlite", connect_args=connect_args)
     except Exception as exc:
         reason = _without_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
-        raise DatabaseUnreachable(f"cannot use database URL {_shown_url(url)}: {reason}") from None
+        raise DatabaseUnreachable(f"{_database(name)}cannot use database URL {_shown_url(url)}: {reason}") from None
     name = engine.dialect.name
 
     @event.listens_for(engine, "connect")
@@ -159,13 +159,19 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True, 
     return engine
 
 
-def check_reachable(engine: sa.Engine, url: str) -> None:
+def _database(name: str | None) -> str:
+    return f"database '{name}': " if name else ""
+
+
+def check_reachable(engine: sa.Engine, url: str, name: str | None = None) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_without_url(reason, url)}") from None
+        raise DatabaseUnreachable(
+            f"{_database(name)}cannot connect to {redact_url(url)}: {_without_url(reason, url)}"
+        ) from None
 
 
 def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:

@@ -42,9 +42,9 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
             engine = dialects.create_engine(url, readonly=readonly,
                                             secure_delete=model.databases[name].purge != "none",
-                                            **model.databases[name].timeouts())
+                                            name=name, **model.databases[name].timeouts())
             engines[name] = engine
-            dialects.check_reachable(engine, url)
+            dialects.check_reachable(engine, url, name)
         schemas: dict[str, Schema] = {}
         problems: list[str] = []
         warnings: list[str] = []
