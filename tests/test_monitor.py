@@ -248,7 +248,7 @@ def test_a_monitor_that_refuses_is_not_asked_again(flaky: tuple[str, list[int]])
 
 def test_a_stalled_monitor_costs_a_bounded_time_and_the_run_still_succeeds(
         sqlite_db: TestDatabase, tmp_path: Path) -> None:
-    """A monitor that accepts and never answers: each ping gives up within its budget."""
+    """A monitor that accepts and never answers: each ping gives up within its budget (5 s a run)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
