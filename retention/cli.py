@@ -33,7 +33,9 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
 2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock, 5 purge pending (all enforced; next run retries).
+4 another run holds the lock, 5 purge pending (all enforced; next run
+retries). A configured monitor hears every real run's end: URL on success,
+URL/<exit code> otherwise.
 """
 
 
@@ -349,6 +351,9 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
         result = _run(state, dry_run, policy_names, as_of, force, database, database_index, record,
                       Path(keys_file) if keys_file else None, accept_changes)
     except Exception as exc:
+        # The runner pings the ends of the runs it finishes; these never got that far.
+        if not dry_run:
+            _ping_failure(state, None, exc)
         # A night that ends in exit 2 or 4 must show in the metrics too, not leave last night's file.
         if metrics_file:
             _write_metrics(state, Path(metrics_file), None, getattr(exc, "exit_code", EXIT_FAILED), started)
@@ -420,6 +425,20 @@ def _width() -> int:
     import shutil
 
     return max(60, shutil.get_terminal_size((100, 24)).columns) if sys.stdout.isatty() else 100
+
+
+def _ping_failure(state: _State, url: str | None, exc: Exception) -> None:
+    """``URL/<exit code>`` for a real run that ended in an error: an invalid file (2) and a held
+    lock (4) are nights the monitor must hear about too. A file that did not load gives its URL
+    from the raw YAML when it parses at all."""
+    from retention.engine import monitor
+    from retention.policy import loader
+
+    if url is None:
+        url = loader.monitor_url(state.policy_path)
+    code = exc.exit_code if isinstance(exc, RetentionError) else EXIT_FAILED
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    monitor.ping(url, "fail", f"exit {code}: {first}", exit_code=code)
 
 
 def _progress_factory() -> Callable[[str, int], Callable[[int], None]]:

@@ -20,13 +20,14 @@ import hmac
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from retention.errors import AuditError, UsageError
+from retention.errors import EXIT_INVALID, AuditError, UsageError
 
 GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "run", "event", "prev", "hash"})
@@ -95,6 +96,30 @@ def to_log_value(value: Any, where: str = "") -> Any:
             return to_log_value(int(value), where)
         return str(value)
     raise TypeError(f"audit entry{where}: a value of type {type(value).__name__} is not a JSON value")
+
+
+class AuditPathRefused(AuditError):
+    """The audit path is a symbolic link, or sits where others can swap it: a setup to fix, exit 2."""
+
+    exit_code = EXIT_INVALID
+
+
+def _refuse_unsafe_path(path: Path) -> None:
+    """Refuse a symlink as the log (dangling or not: following one made us create its target),
+    and a parent directory anyone may write to without the sticky bit (anyone could swap the log)."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "" if path.exists() else ", which does not exist"
+        raise AuditPathRefused(
+            f"audit log {path}: is a symbolic link (to {target}{state}); refusing to follow it: "
+            "set audit.path to the real file"
+        )
+    mode = path.parent.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise AuditPathRefused(
+            f"audit log {path}: its directory {path.parent} is writable by everyone (and not sticky), "
+            "so anyone could replace the log; use a directory only the job can write to"
+        )
 
 
 def _fail(path: Path, what: str, exc: OSError) -> AuditError:
@@ -208,9 +233,13 @@ class AuditLog:
             raise AuditError(f"audit log {self.path}: {self.path.parent} is not a directory") from None
         except OSError as exc:
             raise _fail(self.path, f"cannot create directory {self.path.parent}", exc) from None
+        _refuse_unsafe_path(self.path)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            # O_NOFOLLOW: a symlink put there after the check above is refused too (ELOOP).
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise AuditPathRefused(f"audit log {self.path}: is a symbolic link; refusing to follow it") from None
             raise _fail(self.path, "cannot open for writing", exc) from None
         try:
             self._lock_and_check_space(fd)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import math
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -23,23 +25,96 @@ from retention.errors import DatabaseUnreachable
 from retention.logs import redact_url
 
 
+def _shown_url(url: str) -> str:
+    """The URL for a message: without its password, also when it does not parse as a URL
+    (``postgresql//job:secret@host``): then everything before the last ``@`` but the scheme goes."""
+    try:
+        sa.engine.make_url(url)
+    except Exception:
+        head, at, tail = url.rpartition("@")
+        if at:
+            scheme = head.split("//", 1)[0] if "//" in head else ""
+            return f"{scheme}//***@{tail}" if scheme else f"***@{tail}"
+    return redact_url(url)
+
+
 def _without_url(text: str, url: str) -> str:
-    """An error text with the URL (and so its password) replaced by its redacted form."""
-    return text.replace(url, redact_url(url))
+    """An error text with the URL, and any piece of its password, replaced.
+
+    A driver's or parser's message may quote part of the URL rather than all of it:
+    ``job:p@ss:Hunter2@host`` fails with "invalid literal for int(): 'Hunter2@host'".
+    """
+    text = text.replace(url, _shown_url(url))
+    head, at, _ = url.rpartition("@")
+    userinfo = head.split("//", 1)[-1] if at else ""
+    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+    for piece in sorted({password, *re.split(r"[:@/]", password)}, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, "***")
+    return text
 
 
-def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) -> sa.Engine:
+# Defaults of the policy file's per-database keys (policy/model.py), for callers without one.
+CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, STATEMENT_TIMEOUT_S = 10.0, 300.0, 4 * 3600.0
+# A statement's answer may take as long as the server lets it run; the socket waits that plus this.
+_READ_MARGIN_S = 60.0
+
+
+def _connect_args(backend: str, connect_timeout: float, statement_timeout: float,
+                  lock_timeout: float) -> dict[str, Any]:
+    """Driver-level limits: the connect timeout, and on PostgreSQL the session's default limits.
+
+    PostgreSQL's are passed as startup options rather than SET: they become the session's reset
+    values, so the purge's own ``RESET lock_timeout`` comes back to them, not to "wait forever".
+    """
+    if backend == "postgresql":
+        # libpq counts whole seconds and treats anything under 2 as 2.
+        # 0: not set here, so the server's (or the role's) own setting applies.
+        limits = [f"-c {name}={int(value * 1000)}" for name, value in
+                  (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout)) if value]
+        args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+        if limits:
+            args["options"] = " ".join(limits)
+        return args
+    if backend in ("mysql", "mariadb"):
+        # PyMySQL's connect_timeout covers the TCP connect only; the handshake is read under
+        # read_timeout (a server that accepts and never answers: ~40 s, or for ever). So the
+        # connection starts with the connect timeout for both, and _mysql_long_reads lengthens
+        # them once connected.
+        return {"connect_timeout": connect_timeout, "read_timeout": connect_timeout,
+                "write_timeout": connect_timeout}
+    return {}
+
+
+def _mysql_long_reads(dbapi_conn: Any, statement_timeout: float) -> None:
+    """Socket timeouts for a connected PyMySQL connection: they must outlast the longest statement
+    (waiting for its answer is a read), and they end a wait on a server that stopped answering."""
+    read = None if statement_timeout == 0 else statement_timeout + _READ_MARGIN_S
+    # PyMySQL reads these attributes before every socket operation; it has no setter for them.
+    if hasattr(dbapi_conn, "_read_timeout") and hasattr(dbapi_conn, "_write_timeout"):
+        dbapi_conn._read_timeout = read
+        dbapi_conn._write_timeout = read
+
+
+def create_engine(url: str, readonly: bool = False, secure_delete: bool = True, *,
+                  connect_timeout: float = CONNECT_TIMEOUT_S, lock_timeout: float = LOCK_TIMEOUT_S,
+                  statement_timeout: float = STATEMENT_TIMEOUT_S, name: str | None = None) -> sa.Engine:
     """An engine for the job: SQLite gets explicit write locks, dry runs get read-only sessions.
 
     ``secure_delete``: SQLite overwrites deleted content with zeros (``PRAGMA secure_delete``).
     Pass False for a database whose purge level is ``none``: it costs 5-20 % of a delete.
+
+    Every wait is bounded (docs/safety.md, "Timeouts"): connecting, waiting for a row lock, and
+    one statement; 0 for the lock or statement limit leaves the server's own setting.
     """
     try:
         parsed = sa.engine.make_url(url)
-        engine = sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        backend = parsed.get_backend_name()
+        connect_args = _connect_args(backend, connect_timeout, statement_timeout, lock_timeout)
+        engine = sa.create_engine(parsed, pool_pre_ping=backend != "sqlite", connect_args=connect_args)
     except Exception as exc:
         reason = _without_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
-        raise DatabaseUnreachable(f"cannot use database URL {redact_url(url)}: {reason}") from None
+        raise DatabaseUnreachable(f"{_database(name)}cannot use database URL {_shown_url(url)}: {reason}") from None
     name = engine.dialect.name
 
     @event.listens_for(engine, "connect")
@@ -61,7 +136,13 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) 
             elif name == "mysql":
                 # batch_keys' JSON_ARRAYAGG is capped by it (1 MB by default; 100,000 keys of
                 # BIGINT take 2.1 MB); the server still caps it at max_allowed_packet.
+                _mysql_long_reads(dbapi_conn, statement_timeout)
                 cur.execute("SET SESSION group_concat_max_len = 67108864")
+                if lock_timeout:
+                    # InnoDB takes whole seconds, at least 1.
+                    cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(lock_timeout))}")
+                if statement_timeout and "mariadb" in str(getattr(dbapi_conn, "server_version", "")).lower():
+                    cur.execute(f"SET SESSION max_statement_time = {float(statement_timeout)}")
                 if readonly:
                     cur.execute("SET SESSION TRANSACTION READ ONLY")
         finally:
@@ -78,13 +159,19 @@ def create_engine(url: str, readonly: bool = False, secure_delete: bool = True) 
     return engine
 
 
-def check_reachable(engine: sa.Engine, url: str) -> None:
+def _database(name: str | None) -> str:
+    return f"database '{name}': " if name else ""
+
+
+def check_reachable(engine: sa.Engine, url: str, name: str | None = None) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_without_url(reason, url)}") from None
+        raise DatabaseUnreachable(
+            f"{_database(name)}cannot connect to {redact_url(url)}: {_without_url(reason, url)}"
+        ) from None
 
 
 def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:

@@ -289,7 +289,7 @@ def execute_run(
             stack.enter_context(RunLock(Path(model.audit.path), connected.engines))
             log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
             recovery.recover(log_, run_id, model, connected)
-            monitor.ping(model.monitor.url, "start", run_id)
+            monitor.ping(model.monitor.url, "start", run_id, rid=monitor.run_rid(run_id))
 
         # A database that could not be reached fails its own policies; the others run.
         reachable = [p for p in selected if model.database_of(p) not in connected.unreachable]
@@ -467,7 +467,8 @@ def execute_run(
             _record_preview(model, result, audit_key)
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
-            monitor.ping(model.monitor.url, "success" if result.exit_code == EXIT_OK else "fail", summary)
+            monitor.ping(model.monitor.url, "success", summary, rid=monitor.run_rid(run_id),
+                         exit_code=result.exit_code)
         return result
 
 

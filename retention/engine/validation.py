@@ -64,7 +64,8 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
             _refuse_missing_sqlite_file(name, url)
             # purge: none is a choice to leave removed bytes in the files; zeroing them costs time.
             engine = dialects.create_engine(url, readonly=readonly,
-                                            secure_delete=model.databases[name].purge != "none")
+                                            secure_delete=model.databases[name].purge != "none",
+                                            name=name, **model.databases[name].timeouts())
             try:
                 _reach(engine, name, url)
             except DatabaseUnreachable as exc:
@@ -131,7 +132,7 @@ def _reach(engine: sa.Engine, name: str, url: str) -> None:
             reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0]
             log.warning("database.retry", database=name, wait_s=wait, error=reason.replace(url, redact_url(url)))
             time.sleep(wait)
-    dialects.check_reachable(engine, url)
+    dialects.check_reachable(engine, url, name)
 
 
 def unreadable_warning(engine: sa.Engine, schema: Schema, policy: Policy, first: int = 5) -> str | None:

@@ -41,6 +41,13 @@ UNITS: tuple[str, ...] = ("days", "weeks", "months", "years")
 # year, i.e. at 23:59:59.999999 on its last day, so any event inside it counts from there.
 END_OF_DAY = dt.time(23, 59, 59, 999999)
 
+# The calendar runs from year 1 to 9999 (datetime's range): a period must fit between any
+# plausible run moment and its events both ways. `retain: 9999 years` passed validation and then
+# every run died with ValueError: year out of range.
+MAX_PERIOD_YEARS = 1000
+# --as-of: the run's moment, with room for a MAX_PERIOD_YEARS period on either side.
+AS_OF_YEARS = (1500, 8000)
+
 _PERIOD = re.compile(r"^\s*(?P<n>[+-]?\d+)\s+(?P<unit>[A-Za-z]+)\s*$")
 
 
@@ -93,14 +100,21 @@ def parse_period(text: object) -> Period:
     match = _PERIOD.match(text)
     if not match:
         raise PeriodError(f"expected a period like '24 months' or '7 years', got {text!r}")
-    n = int(match["n"])
     word = match["unit"].lower()
     unit = word if word in UNITS else word + "s"
     if unit not in UNITS:
         raise PeriodError(f"unknown unit {match['unit']!r} in {text!r}; use one of: days, weeks, months, years")
+    digits = match["n"].lstrip("+-").lstrip("0")
+    n = int(match["n"]) if len(digits) <= 9 else (-1 if match["n"].startswith("-") else 10**9)
     if n <= 0:
         raise PeriodError(f"a retention period must be positive, got {text!r}")
-    return Period(n, unit)  # type: ignore[arg-type]
+    period = Period(n, unit)  # type: ignore[arg-type]
+    if period.approx_days() > MAX_PERIOD_YEARS * 365.2425:
+        raise PeriodError(
+            f"{text!r} is longer than {MAX_PERIOD_YEARS} years: it cannot be computed in the calendar "
+            "(dates run from year 1 to 9999); rows to be kept for good belong in no policy"
+        )
+    return period
 
 
 # How far past an event each alignment can start its term, at most: the event may be at the
@@ -380,6 +394,9 @@ def parse_as_of(text: str, timezone: str) -> pendulum.DateTime:
         parsed = pendulum.datetime(parsed.year, parsed.month, parsed.day, tz=timezone)
     if not isinstance(parsed, pendulum.DateTime):
         raise PeriodError(f"--as-of: expected an ISO 8601 date or date-time, got {text!r}")
+    if not AS_OF_YEARS[0] <= parsed.year <= AS_OF_YEARS[1]:
+        raise PeriodError(f"--as-of: year {parsed.year} is out of range ({AS_OF_YEARS[0]} to {AS_OF_YEARS[1]}): "
+                          "the policies' periods could not be computed from it")
     return parsed.in_timezone(timezone)
 
 

@@ -31,6 +31,14 @@ _INTERNAL = ("source", "source_sha256", "locations")
 # Only these parts of the file are expanded: they are where secrets and per-host paths live.
 _EXPANDED = ("databases", "audit", "monitor")
 
+# Limits on what a policy file may make the loader do (docs/safety.md, "Hostile policy files").
+# A real file is a few kB, 4-5 levels deep, a few hundred nodes; these are 50-100 times that.
+# Without them a 1 kB "billion laughs" file took 23.8 GB and 7 minutes, and 5,000 nested
+# brackets ended in RecursionError.
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
 
 def default_policy_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
@@ -45,11 +53,13 @@ class _Located:
         self.duplicates: list[tuple[Loc, int]] = []
 
     def walk(self, node: yaml.Node, loc: Loc = ()) -> None:
+        # Bounded by _GuardedLoader: at most MAX_DEPTH deep and MAX_NODES nodes, aliases expanded.
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
             for key_node, value_node in node.value:
-                key = key_node.value
+                # A collection as a key (`? [a, b]`) is refused when constructed; name it meanwhile.
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id}>"
                 if key in seen:
                     self.duplicates.append((loc + (key,), key_node.start_mark.line + 1))
                 seen.add(key)
@@ -98,6 +108,79 @@ class _Problems:
         if self.items:
             self.items.sort(key=lambda item: item[0])
             raise PolicyFileError([text for _, text in self.items])
+
+
+class _Refused(Exception):
+    """A policy file the loader will not finish reading (too big, too deep, aliases that explode)."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounded depth, bounded alias expansion and no stray exceptions.
+
+    The composer is recursive (5,000 nested brackets: RecursionError) and shares aliased nodes,
+    so everything that walks the composed tree afterwards (line numbers, ``${VAR}`` expansion,
+    pydantic) does the work of the *expanded* document: each node's expanded size and depth is
+    counted once, as it is composed, and the file refused as soon as they pass the limits.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._size: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded depth)
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # The scanner looks ahead through nested brackets for a possible key, re-checking every
+        # open one per token: 5,000 '[' took seconds before the composer saw any depth.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(self.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._size:
+                raise _Refused(event.start_mark.line + 1,
+                               f"YAML alias *{event.anchor} refers to the node it is inside (a recursive alias)")
+        line = self.peek_event().start_mark.line + 1  # of an alias: where it is used
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(line, f"nested more than {MAX_DEPTH} levels deep")
+            node = super().compose_node(parent, index)
+            if id(node) not in self._size:
+                children: list[yaml.Node] = []
+                if isinstance(node, yaml.SequenceNode):
+                    children = list(node.value)
+                elif isinstance(node, yaml.MappingNode):
+                    children = [n for pair in node.value for n in pair]
+                sizes = [self._size[id(c)] for c in children]
+                self._size[id(node)] = (1 + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+            nodes, depth = self._size[id(node)]
+            if nodes > MAX_NODES:
+                raise _Refused(line,
+                               f"more than {MAX_NODES} values once YAML aliases are expanded "
+                               "(an alias bomb, \"billion laughs\"?)")
+            if self._depth - 1 + depth > MAX_DEPTH:
+                raise _Refused(line,
+                               f"nested more than {MAX_DEPTH} levels deep once YAML aliases are expanded")
+            return node
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError, TypeError) as exc:
+            # A plain scalar that looks like a date but is none (2024-99-99), an integer of
+            # 5,000 digits: PyYAML lets Python's own error through, without a line.
+            text = str(exc).split(";")[0]
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this value ({text})",
+                                                    node.start_mark) from None
 
 
 def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: _Problems) -> Any:
@@ -239,10 +322,22 @@ def _resolve_paths(model: PolicyFile, base: Path) -> PolicyFile:
     return model.model_copy(update={"databases": databases, "audit": audit})
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refused by size before anything parses them."""
+    with path.open("rb") as f:
+        raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise PolicyFileError([
+            f"{path}: refused: larger than {MAX_BYTES // 1024} kB (a policy file is a few kB; "
+            "this is not one, or it was overwritten)"
+        ])
+    return raw
+
+
 def _read(path: Path) -> tuple[bytes, Any, _Located]:
     """The file's bytes, its YAML document and where each key is; PolicyFileError if unreadable."""
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path)
     except FileNotFoundError:
         raise PolicyFileError([f"{path}: policy file not found (set --policies or $RETENTION_POLICIES)"]) from None
     except OSError as exc:
@@ -254,7 +349,7 @@ def _read(path: Path) -> tuple[bytes, Any, _Located]:
 
     located = _Located()
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _GuardedLoader(text)
         try:
             node = loader.get_single_node()
             if node is not None:
@@ -262,6 +357,8 @@ def _read(path: Path) -> tuple[bytes, Any, _Located]:
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _Refused as exc:
+        raise PolicyFileError([f"{path}:{exc.line}: refused: {exc.message}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -346,3 +443,29 @@ def load_audit(path: Path | str, env: Mapping[str, str] | None = None) -> Audit:
     if not audit_path.is_absolute():
         audit_path = path.resolve().parent / audit_path
     return audit.model_copy(update={"path": str(audit_path)})
+
+
+def monitor_url(path: Path | str, env: Mapping[str, str] | None = None) -> str | None:
+    """``monitor.url`` of a file that did not load, read from its raw YAML when that parses at all.
+
+    So that a broken file (exit 2) still reaches the dead-man's switch that night, instead of
+    leaving it to notice a missing ping when its grace period ends. None when there is no
+    readable URL; never raises.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        loader = _GuardedLoader(_read_bounded(path).decode("utf-8"))
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except Exception:
+        return None
+    monitor = data.get("monitor") if isinstance(data, dict) else None
+    url = monitor.get("url") if isinstance(monitor, dict) else None
+    if not isinstance(url, str):
+        return None
+    problems = _Problems(path, _Located(), data)
+    url = _expand(url, ("monitor", "url"), env, problems)
+    return url if url and not problems.items else None

@@ -6,6 +6,7 @@ expands ``${VAR}`` and turns pydantic's error locations into ``file:line`` messa
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -142,9 +143,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+# Bounded waits (docs/safety.md, "Timeouts"), in seconds. A server that accepted TCP and never
+# answered hung `validate` and `run` for good on PostgreSQL, ~40 s on MariaDB. The lock and
+# statement limits are far above any legitimate batch (100,000 rows with cascades take seconds
+# to a minute): they stop a night stuck behind a forgotten transaction, not a slow one.
+CONNECT_TIMEOUT_S = 10.0
+LOCK_TIMEOUT_S = 300.0
+STATEMENT_TIMEOUT_S = 4 * 3600.0
+
+
 class Database(_Strict):
     url: str
     purge: str = "thorough"
+    connect_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = CONNECT_TIMEOUT_S
+    # 0: not set by retention, the server's own setting applies (normally: no limit).
+    lock_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = LOCK_TIMEOUT_S
+    statement_timeout: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = STATEMENT_TIMEOUT_S
+
+    def timeouts(self) -> dict[str, float]:
+        return {"connect_timeout": self.connect_timeout, "lock_timeout": self.lock_timeout,
+                "statement_timeout": self.statement_timeout}
 
     @field_validator("purge", mode="before")
     @classmethod
@@ -197,6 +215,18 @@ class Policy(_Strict):
     reidentification: str = "enforce"
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+    @field_validator("max_fraction", mode="before")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        # pydantic's own words for .nan ("greater than 0") send a reader looking in the wrong place.
+        if isinstance(v, bool):
+            raise ValueError(f"expected a share of the table between 0 and 1, like 0.5, got {str(v).lower()}")
+        if isinstance(v, float) and math.isnan(v):
+            raise ValueError("is not a number (.nan); give a share of the table between 0 and 1, like 0.5")
+        if isinstance(v, float) and math.isinf(v):
+            raise ValueError("is infinite; give a share of the table between 0 and 1, like 0.5")
+        return v
 
     @field_validator("name")
     @classmethod
