@@ -216,7 +216,7 @@ class Executor:
 
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
         self.audit.append("batch.retry", self.run_id, policy=self.plan.policy.name, database=self.plan.database,
-                          attempt=attempt, wait_s=wait, error=first_line(exc))
+                          attempt=attempt, wait_ms=round(wait * 1000), error=first_line(exc))
         log.warning("batch.retry", policy=self.plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
 
     def _check(self, conn: sa.Connection, entries: list[Entry]) -> None:

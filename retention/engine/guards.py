@@ -120,7 +120,9 @@ def effective_rule(policy: Policy, database: str) -> dict[str, Any]:
         "minimum": str(policy.minimum) if policy.minimum else None,
         "exclude": dict(policy.exclude), "where": dict(policy.where), "action": policy.action,
         "on_referenced": policy.on_referenced, "cascade": list(policy.cascade),
-        "max_fraction": policy.max_fraction,
+        # As text: the audit log holds integers only (CONTRACT.md section 4).
+        "max_fraction": repr(float(policy.max_fraction)),
+        "minimum_align": policy.minimum_align, "after_timezone": policy.after_timezone, "holds": policy.holds,
     })
     rule["rule_sha256"] = hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()
     return rule
@@ -195,7 +197,7 @@ def rule_changes(old: dict[str, Any], new: dict[str, Any], new_cutoff: Cutoff,
         gone = {k: v for k, v in old["where"].items() if k not in new["where"] or new["where"][k] != v}
         if gone:
             out.append(Change("where", old["where"], new["where"], "more rows selected"))
-    for key in ("table", "key", "after"):
+    for key in ("table", "key", "after", "after_timezone"):
         if key in old and old[key] != new[key]:
             out.append(Change(key, old[key], new[key], "other rows selected"))
     if old.get("action") == "anonymise" and new["action"] == "delete":
@@ -204,9 +206,24 @@ def rule_changes(old: dict[str, Any], new: dict[str, Any], new_cutoff: Cutoff,
         out.append(Change("on_referenced", "defer", "anonymise", "referenced rows anonymised that were kept"))
     if "cascade" in old and set(new["cascade"]) - set(old["cascade"]):
         out.append(Change("cascade", old["cascade"], new["cascade"], "rows of more tables deleted"))
-    if isinstance(old.get("max_fraction"), (int, float)) and new["max_fraction"] > old["max_fraction"]:
+    if old.get("holds", "linked") == "linked" and new.get("holds") == "own":
+        out.append(Change("holds", "linked", "own", "rows no longer held by the holds of linked policies"))
+    if old.get("minimum") and old.get("minimum_align", "none") != new.get("minimum_align", "none") \
+            and old.get("minimum") == new.get("minimum"):
+        out.append(Change("minimum_align", old.get("minimum_align", "none"), new.get("minimum_align"),
+                          "the statutory floor counted from another moment"))
+    old_max, new_max = _fraction(old.get("max_fraction")), _fraction(new.get("max_fraction"))
+    if old_max is not None and new_max is not None and new_max > old_max:
         out.append(Change("max_fraction", old["max_fraction"], new["max_fraction"], "a weaker safety guard"))
     return out
+
+
+def _fraction(value: Any) -> float | None:
+    """``max_fraction`` as recorded: text since the log holds integers only, a number in older logs."""
+    try:
+        return float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        return None
 
 
 def ratchet_message(name: str, changes: list[Change], baseline: Baseline) -> str:

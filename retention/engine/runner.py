@@ -546,7 +546,7 @@ def _survey(plan: Plan, engine: sa.Engine, dry_run: bool, history: guards.Histor
 
 def _on_retry(log_: audit.AuditLog, run_id: str, plan: Plan, attempt: int, exc: BaseException, wait: float) -> None:
     log_.append("policy.retry", run_id, policy=plan.policy.name, database=plan.database, attempt=attempt,
-                wait_s=wait, error=first_line(exc))
+                wait_ms=round(wait * 1000), error=first_line(exc))
     log.warning("policy.retry", policy=plan.policy.name, attempt=attempt, wait_s=wait, error=first_line(exc))
 
 
