@@ -9,6 +9,7 @@ silent skip, so its driver's count is patched), and a trigger that undoes an ano
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from helpers import audit_path, ids, run_cli, write_policies
 
 from retention.audit.log import read_entries
-from retention.engine.execution import Executor
+from retention.engine.execution import Entry, Executor
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -78,9 +79,9 @@ def test_a_batch_that_changes_fewer_rows_than_it_selected_is_rolled_back(
     else:  # MariaDB cannot skip a deleted row silently: its count comes back one short instead
         real = Executor._delete
 
-        def short(self: Executor, conn: sa.Connection, keys: list[Any]) -> Any:
+        def short(self: Executor, conn: sa.Connection, keys: list[Any]) -> Entry:
             entry = real(self, conn, keys)
-            return (*entry[:3], entry[3] - 1 if SKIPPED in keys else entry[3], entry[4])
+            return dataclasses.replace(entry, count=entry.count - 1) if SKIPPED in keys else entry
 
         monkeypatch.setattr(Executor, "_delete", short)
     pf = write_policies(tmp_path / "policies.yaml", db.url, [policy(action)])

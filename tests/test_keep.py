@@ -67,7 +67,7 @@ def test_every_column_accounted_for_validates_and_runs(db: TestDatabase, tmp_pat
     create_clients(db.engine)
     pf = write_policies(tmp_path / "policies.yaml", db.url, [clients_policy()])
     assert invoke(["--policies", str(pf), "validate"]).exit_code == 0
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")  # all six clients are due: --force passes the 100 % guard
     assert result.exit_code == 0, result
     assert result.policy("clients")["applied"] == 6
 

@@ -2,9 +2,10 @@
 
 The demo shop is built with a backlog (its data ends years ago, as on the first run of a shop
 that never enforced its terms), on SQLite, PostgreSQL and MariaDB. The shipped file is run on
-it through the CLI as of today (--force: the backlog trips the max_fraction guard). Every row
-before and after is compared in Python, from plain SELECTs, against the statement
-(/work/shared/reference, "Hoe lang bewaren wij jouw gegevens?"), never with retention's code:
+it through the CLI as of today (--force: the backlog trips the max_fraction guard and the
+first-run rate guard). Every row before and after is compared in Python, from plain SELECTs,
+against the statement (/work/shared/reference, "Hoe lang bewaren wij jouw gegevens?"), never
+with retention's code:
 
 - no order or invoice removed inside 7 years ("ten minste 7 jaar");
 - no personal row past its promise without a hold: accounts 24 months after deregistration,
@@ -62,7 +63,8 @@ def test_the_shipped_policies_keep_every_promise_on_a_backlog(
     policy = tmp_path / "policies.yaml"
     shutil.copy(SHIPPED, policy)  # relative paths (the audit log) resolve next to the copy
     monkeypatch.setenv("SHOP_DATABASE_URL", db.url)
-    monkeypatch.delenv("RETENTION_AUDIT_KEY", raising=False)
+    # The shipped file keys the audit chain (audit.key_env): a real run without the key exits 2.
+    monkeypatch.setenv("RETENTION_AUDIT_KEY", "test-promises-audit-key")
     today = dt.date.today()  # a date is its start, local: never in the future
     now = dt.datetime(today.year, today.month, today.day)
     before = {t: rows_by_id(db.engine, t) for t in TABLES}

@@ -121,14 +121,15 @@ def test_k_at_its_threshold(db: TestDatabase, tmp_path: Path, sizes: tuple[int, 
     k, below, rows = expected_k(db, threshold)
     assert (k, rows) == (min(sizes), 10)
 
-    preview = run_cli(pf, "--dry-run")
+    # Every row of the table is due: --force passes the 100 % guard, the subject here is the check.
+    preview = run_cli(pf, "--dry-run", "--force")
     got = reid(preview)
     assert (got["k"], got["below_k"], got["linkable"], got["rows"]) == (k, below, 0, rows)
     assert got["passed"] is passes
     assert got["quasi_identifiers"] == ["left_at", "birth_date", "postcode"]
 
     before = unchanged_witness(db)
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     got = reid(result)
     assert (got["k"], got["below_k"], got["linkable"]) == (k, below, 0)
     if passes:
@@ -151,13 +152,14 @@ def test_a_unique_birth_year_and_postcode_fails_and_touches_nothing(db: TestData
     assert (k, below, rows) == (1, 8, 13)
     before = unchanged_witness(db)
 
-    preview = run_cli(pf, "--dry-run", fmt="text")
+    # All 13 rows are due: --force passes the 100 % guard (it does not pass the check under test).
+    preview = run_cli(pf, "--dry-run", "--force", fmt="text")
     assert preview.exit_code == 3, preview  # the preview predicts the real run's block, as for max_fraction
     assert "[BLOCKED]" in preview.stdout and "re-identification (FAILS)" in preview.stdout
     assert "k = 1 row(s) (needed: 5)" in preview.stdout and "8 row(s) in smaller groups" in preview.stdout
     assert "re-identification check failed: 8 of 13 anonymised row(s)" in preview.stdout
 
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     assert result.exit_code == 3, result
     assert (reid(result)["k"], reid(result)["below_k"]) == (1, 8)
     assert result.policy("customers")["applied"] == 0
@@ -170,7 +172,7 @@ def test_a_unique_birth_year_and_postcode_fails_and_touches_nothing(db: TestData
 
     # Accepted knowingly: the policy runs, the numbers are still reported, with a warning.
     pf = write(tmp_path, db, customers_policy(reidentification="warn"))
-    warned = run_cli(pf)
+    warned = run_cli(pf, "--force")
     assert warned.exit_code == 0, warned
     assert warned.policy("customers")["applied"] == 13
     assert any("re-identification check failed" in w for w in warned.policy("customers")["warnings"])
@@ -207,7 +209,7 @@ def test_a_linking_foreign_key_from_a_row_with_personal_columns_fails(db: TestDa
     pf = write(tmp_path, db, customers_policy(), personal=personal)
     assert expected_linkable(db) == 3
     before = unchanged_witness(db)
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")  # all ten customers are due: past the 100 % guard, to the check
     got = reid(result)
     assert (got["k"], got["below_k"], got["linkable"], got["links"]) == (10, 0, 3, {"invoices": 3})
     assert result.exit_code == 3, result
@@ -222,14 +224,14 @@ def test_a_linking_foreign_key_from_a_row_with_personal_columns_fails(db: TestDa
 
     # Without the invoice's personal columns declared, nothing says the invoice is personal.
     pf = write(tmp_path, db, customers_policy())
-    assert reid(run_cli(pf, "--dry-run"))["linkable"] == 0
+    assert reid(run_cli(pf, "--dry-run", "--force"))["linkable"] == 0
 
     # The names gone from the invoices (or the links detached): it passes, and runs.
     with db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE invoices SET customer_name = NULL"))
     pf = write(tmp_path, db, customers_policy(), personal=personal)
     assert expected_linkable(db) == 0
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     assert result.exit_code == 0, result
     assert (reid(result)["linkable"], result.policy("customers")["applied"]) == (0, 10)
 
@@ -250,14 +252,14 @@ def test_an_anonymised_row_pointing_at_kept_personal_data_is_linkable(db: TestDa
     expected = int(scalar(db.engine, "SELECT COUNT(*) FROM invoices i WHERE EXISTS (SELECT 1 FROM customers c "
                                      "WHERE c.id = i.customer_id AND c.name IS NOT NULL)"))
     assert expected == 5
-    result = run_cli(pf, "--dry-run")
+    result = run_cli(pf, "--dry-run", "--force")  # all six invoices are due: past the 100 % guard
     got = result.policy("invoices")["reidentification"]
     assert (got["linkable"], got["links"]) == (expected, {"customers": expected})
 
     invoices["fields"] = {"customer_name": None, "customer_id": None}
     del invoices["keep"]
     pf = write_policies(tmp_path / "policies.yaml", db.url, [invoices, customers])
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     assert result.exit_code == 0, result
     assert result.policy("invoices")["reidentification"]["linkable"] == 0
 
@@ -291,8 +293,9 @@ def test_demo_with_a_backlog_matches_plain_sql(tmp_path: Path) -> None:
     doc["personal"] = personal
     pf.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     as_of = "2026-11-24T03:00:00"
-    preview = run_cli(pf, "--dry-run", as_of=as_of)
-    result = run_cli(pf, as_of=as_of)
+    # A first real run of over 100 rows: --force passes the rate guard (not what is measured here).
+    preview = run_cli(pf, "--dry-run", "--force", as_of=as_of)
+    result = run_cli(pf, "--force", as_of=as_of)
     assert result.exit_code == 0, result
     assert result.policy("accounts")["applied"] > 1000
 
@@ -326,7 +329,7 @@ def test_audit_show_renders_the_check_with_its_numbers(sqlite_db: TestDatabase, 
 
     create_shop(sqlite_db.engine, [(1950 + i, f"{1000 + i}") for i in range(3)] + [(1990, "2000")] * 5)
     pf = write(tmp_path, sqlite_db, customers_policy())
-    assert run_cli(pf).exit_code == 3
+    assert run_cli(pf, "--force").exit_code == 3  # all 8 due: past the 100 % guard, blocked by the check
     text = invoke(["--policies", str(pf), "audit", "show"]).stdout
     assert ("customers: re-identification check FAILED: 8 rows anonymised had the policy run (it was blocked); "
             "smallest group sharing left_at, "
@@ -349,9 +352,10 @@ def test_on_referenced_anonymise_counts_the_rows_that_stay_anonymised(db: TestDa
     referenced = int(scalar(db.engine, "SELECT COUNT(*) FROM customers c WHERE EXISTS "
                                        "(SELECT 1 FROM invoices i WHERE i.customer_id = c.id)"))
     assert referenced == 5
-    preview = run_cli(pf, "--dry-run")
+    # Every customer is due (deleted or anonymised): --force passes the 100 % guard.
+    preview = run_cli(pf, "--dry-run", "--force")
     assert (reid(preview)["rows"], reid(preview)["k"], reid(preview)["linkable"]) == (referenced, 5, 0)
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")
     assert result.exit_code == 0, result
     assert int(scalar(db.engine, f"SELECT COUNT(*) FROM customers WHERE name = '{REDACTED}'")) == referenced
     assert expected_k(db, 5, where=f"name = '{REDACTED}'") == (5, 0, referenced)
@@ -380,7 +384,7 @@ def test_a_blocked_delete_policy_deletes_nothing_either(db: TestDatabase, tmp_pa
     pf = write(tmp_path, db, customers_policy(action="delete", on_referenced="anonymise"),
                personal={"invoices": ["customer_name"]})
     before = unchanged_witness(db)
-    result = run_cli(pf)
+    result = run_cli(pf, "--force")  # all 8 due: past the 100 % guard, so the check is what blocks it
     assert result.exit_code == 3, result
     assert (reid(result)["rows"], reid(result)["linkable"]) == (2, 2)
     assert result.policy("customers")["applied"] == 0
