@@ -481,3 +481,10 @@ def readable_date(value: sa.ColumnElement[Any], column: sa.Column[Any], dialect:
     if dialect == "mysql":
         return sa.and_(*bounds, sa.func.date_add(value, sa.text("INTERVAL 0 DAY")).is_not(None))
     return sa.and_(*bounds)
+
+
+def registry_table_options() -> dict[str, Any]:
+    """Options of the hold registry table (engine/holds.py): on MariaDB a transactional engine,
+    so a hold and the run that reads it see one consistent state, and full Unicode for the
+    reason text a person writes. Other databases ignore ``mysql_`` options."""
+    return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}

@@ -27,7 +27,7 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import monitor, recovery
+from retention.engine import holds, monitor, recovery
 from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
@@ -134,12 +134,15 @@ def make_plans(model: PolicyFile, selected: Sequence[Policy], connected: Connect
                moment: pendulum.DateTime) -> list[Plan]:
     """The selected policies compiled for one moment, children before parents."""
     plans: list[Plan] = []
+    today = holds.local_day(moment, model.timezone)
+    registry = {db: holds.active_keys(engine, today) for db, engine in connected.engines.items()}
     for p in run_order(selected, connected.schemas, model.database_of):
         db = model.database_of(p)
         cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
         earlier = [q for q in plans if q.database == db]
         holders = [q for q in model.policies if model.database_of(q) == db]
-        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
+        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders,
+                          registry=registry.get(db, {})))
     return plans
 
 
@@ -229,6 +232,7 @@ def execute_run(
                 "cutoff_windows": [[lo.isoformat(), hi.isoformat()] for lo, hi in pl.cutoff.windows],
             } for pl in plans],
         )
+        expired = holds.record_expiries(model, connected.engines, log_, run_id, moment, dry_run)
         result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[])
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
@@ -236,6 +240,7 @@ def execute_run(
         failed = False
         for plan in plans:
             outcome = _outcome(plan, model)
+            outcome.warnings += expired.get(plan.policy.name, [])
             result.policies.append(outcome)
             if failed:
                 outcome.status = "skipped"
