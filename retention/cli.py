@@ -748,6 +748,57 @@ def hold_lift(state: _State, hold_id: int, database: str | None) -> None:
 
 
 @main.command()
+@click.option("--policy", "policy", required=True, metavar="NAME", help="The policy of the subject's start row.")
+@click.option("--key", "key", required=True, metavar="KEY", help="The start row's key (e.g. the account id).")
+@click.option("--request", "request", required=True, metavar="REF",
+              help="The request's reference (in the audit log; no personal data).")
+@click.option("--match", "matches", multiple=True, metavar="TABLE.COLUMN[=VALUE]",
+              help="Also the rows of TABLE whose COLUMN equals VALUE, or without =VALUE the start row's "
+                   "COLUMN (guest tickets by e-mail: --match tickets.email). Repeatable.")
+@click.option("--dry-run", is_flag=True, help="Preview: per table what goes, what stays and why; nothing written.")
+@click.option("--force", is_flag=True, help="Go ahead although more than 1,000 rows would change.")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="Weigh the statutory minimums as of DATE (default now; future dates only with --dry-run).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_global_options()
+@click.pass_obj
+@_guard
+def erase(state: _State, policy: str, key: str, request: str, matches: tuple[str, ...], dry_run: bool,
+          force: bool, as_of: str | None, fmt: str) -> None:
+    """Erase one data subject now (art. 17 GDPR) through the policies, keeping what the law keeps.
+
+    \b
+    Examples:
+      retention erase --policy accounts --key 4711 --request AVG-2026-031 --match tickets.email --dry-run
+      retention erase --policy accounts --key 4711 --request AVG-2026-031 --match tickets.email
+    """
+    from retention.engine import erase as eraser
+    from retention.policy import dates
+
+    model = state.load()
+    start = next((p for p in model.policies if p.name == policy), None)
+    model = _for_database(model, model.database_of(start) if start else None)
+    moment = None
+    if as_of:
+        try:
+            moment = dates.parse_as_of(as_of, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc)) from None
+    result = eraser.erase(model, policy_name=policy, key=key, request=request, matches=matches, dry_run=dry_run,
+                          force=force, as_of=moment,
+                          audit_key=_audit_key(model.audit.key_env, required=not dry_run,
+                                               where=f"{state.policy_path}: "))
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    elif not state.quiet:
+        for line in eraser.render_text(result):
+            click.echo(line)
+    if result.message and result.exit_code:
+        state.say("error" if not dry_run else "warning", result.message)
+    _exit(result.exit_code)
+
+
+@main.command()
 @click.option("--path", "path", default="var/demo.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite file to create.")
 @click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000))
