@@ -799,6 +799,49 @@ def erase(state: _State, policy: str, key: str, request: str, matches: tuple[str
 
 
 @main.command()
+@click.option("--since", "since", metavar="DATE",
+              help="Only erasures recorded at or after DATE (the backup's date; local time of the file).")
+@click.option("--dry-run", is_flag=True, help="Preview: what each erasure would remove again; nothing written.")
+@click.option("--as-of", "as_of", metavar="DATE", help="Weigh the statutory minimums as of DATE (default now).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_database_options
+@_global_options()
+@click.pass_obj
+@_guard
+def replay(state: _State, since: str | None, dry_run: bool, as_of: str | None, fmt: str, database: str | None,
+           database_index: int | None) -> None:
+    """After a restore from backup: erase again every subject the audit log says was erased.
+
+    \b
+    Example:
+      retention replay --since 2026-11-20 --dry-run
+    """
+    from retention.engine import replay as replayer
+    from retention.policy import dates
+
+    model = state.load()
+    model = _for_database(model, _pick_database(model, database, database_index))
+
+    def moment(text: str | None, opt: str) -> Any:
+        if not text:
+            return None
+        try:
+            return dates.parse_as_of(text, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc).replace("--as-of", opt)) from None
+
+    result = replayer.replay(model, since=moment(since, "--since"), dry_run=dry_run, as_of=moment(as_of, "--as-of"),
+                             audit_key=_audit_key(model.audit.key_env, required=not dry_run,
+                                                  where=f"{state.policy_path}: "))
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    elif not state.quiet:
+        for line in replayer.render_text(result):
+            click.echo(line)
+    _exit(result.exit_code)
+
+
+@main.command()
 @click.option("--path", "path", default="var/demo.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite file to create.")
 @click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000))
