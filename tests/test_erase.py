@@ -126,10 +126,11 @@ def test_erase_removes_the_subject_and_keeps_what_the_law_keeps(db: TestDatabase
     for result in (preview, run):
         assert table(result, "accounts")["deleted"] == [1]
         assert table(result, "orders")["deleted"] == [11]
-        assert kept(result, "orders") == {12: "statutory minimum of 7 years (BW 2:10)"}
+        assert kept(result, "orders") == {12: "statutory minimum of 7 years"}
         assert table(result, "invoices")["deleted"] == [11, 13]  # 13's floor ended on 2026-01-01
-        assert kept(result, "invoices") == {12: "statutory minimum of 7 years (AWR art. 52)"}
+        assert kept(result, "invoices") == {12: "statutory minimum of 7 years"}
         assert table(result, "invoices")["kept"][0]["until"] == "2031-12-31"
+        assert table(result, "invoices")["basis"] == "AWR art. 52"
         assert table(result, "invoices")["cascaded"] == {"invoice_lines": 4}
         assert table(result, "tickets")["deleted"] == [11, 12]
         assert table(result, "accounts")["detached"] == {"orders.account_id": [12], "invoices.account_id": [12]}
@@ -221,3 +222,21 @@ def test_bad_erase_input_touches_nothing(db: TestDatabase, tmp_path: Path) -> No
         assert r.exit_code == 2, (args, r)
         assert message in r.stderr, (args, r.stderr)
     assert snapshot(db.engine) == before
+
+
+def test_audit_show_lists_the_erasure_as_a_run_of_its_own(db: TestDatabase, tmp_path: Path) -> None:
+    """The erasure's batches are reported as a subject erasure with what it deleted; hold entries
+    are no run."""
+    schema(db.engine)
+    policy = policy_file(tmp_path, db)
+    assert invoke(["--policies", str(policy), "hold", "add", "--policy", "orders", "--key", "31", "--reason", "x",
+                   "--until", "2099-01-01"]).exit_code == 0
+    assert erase(policy, "1", "--match", "tickets.email", "--as-of", "2026-11-24T03:00").exit_code == 0
+    shown = invoke(["--policies", str(policy), "audit", "show", "--format", "json"], parse_json=True)
+    assert shown.exit_code == 0, shown
+    [run] = shown.data["runs"]
+    assert (run["kind"], run["status"]) == ("erasure", "ok")
+    assert {p["policy"]: p["deleted"] for p in run["policies"]} == {"orders": 1, "invoices": 2, "tickets": 2,
+                                                                    "accounts": 1}
+    text = invoke(["--policies", str(policy), "audit", "show"])
+    assert "SUBJECT ERASURE" in text.stdout

@@ -17,6 +17,7 @@ never a value (a ``--match`` value is personal data: only the column is logged).
 from __future__ import annotations
 
 import getpass
+import socket
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -27,6 +28,7 @@ from typing import Any
 import pendulum
 import sqlalchemy as sa
 
+from retention import __version__
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import dialects, purge
@@ -95,6 +97,8 @@ class TableFate:
     table: str
     key_column: str
     action: str
+    # The policy's legal basis: what a statutory minimum that keeps rows rests on.
+    basis: str | None = None
     found: list[Any] = field(default_factory=list)
     deleted: list[Any] = field(default_factory=list)
     anonymised: list[Any] = field(default_factory=list)
@@ -111,7 +115,7 @@ class TableFate:
 
     def as_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "database": self.database, "table": self.table,
-                "key_column": self.key_column, "action": self.action, "found": self.found,
+                "key_column": self.key_column, "action": self.action, "basis": self.basis, "found": self.found,
                 "deleted": self.deleted, "anonymised": self.anonymised,
                 "kept": [{"key": k.key, "basis": k.basis, "until": k.until} for k in self.kept],
                 "detached": self.detached, "cascaded": self.cascaded, "mismatch": self.mismatch}
@@ -239,14 +243,10 @@ def make_erase_plans(model: PolicyFile, connected: Connected, keys: dict[str, li
     return plans
 
 
-def _basis_of(policy: Policy) -> str:
-    return policy.basis or f"policy {policy.name}"
-
-
 def assess(conn: sa.Connection, plan: ErasePlan) -> TableFate:
     """What the erasure does to one table, per key, as the executor will do it."""
     p, t, key = plan.policy, plan.table, plan.key
-    fate = TableFate(p.name, plan.database, p.table, key.name, p.action,
+    fate = TableFate(p.name, plan.database, p.table, key.name, p.action, basis=p.basis,
                      found=[_jsonable(k) for k in plan.keys])
     if not plan.keys:
         return fate
@@ -265,7 +265,7 @@ def assess(conn: sa.Connection, plan: ErasePlan) -> TableFate:
             until = None
             if after is not None and not isinstance(after, str):
                 until = expires_at(after, p.minimum, p.minimum_align).date().isoformat()  # type: ignore[arg-type]
-            kept[k] = Kept(_jsonable(k), f"statutory minimum of {p.minimum} ({_basis_of(p)})", until)
+            kept[k] = Kept(_jsonable(k), f"statutory minimum of {p.minimum}", until)
     if p.action == "anonymise":
         done = conn.execute(sa.select(key).where(subject, plan.not_held(t), plan.past_floor(t),
                                                  sa.not_(plan.pending(t))).order_by(key)).scalars().all()
@@ -375,9 +375,12 @@ def apply(model: PolicyFile, connected: Connected, keys: dict[str, list[Any]], m
         result.run = holds.new_id()
         started = time.monotonic()
         log_.append(f"{event}.start", result.run, request=request, policy=policy, key=key,
-                    as_of=moment.isoformat(), user=getpass.getuser(), force=force,
+                    as_of=moment.isoformat(), user=getpass.getuser(), host=socket.gethostname(),
+                    version=__version__, force=force,
                     keys={pl.policy.name: [_jsonable(k) for k in pl.keys] for pl in plans},
-                    tables={pl.policy.name: pl.policy.table for pl in plans}, **(extra or {}))
+                    policies=[{"name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
+                               "action": pl.policy.action, "basis": pl.policy.basis} for pl in plans],
+                    **(extra or {}))
         fakes = FakePool(model.locale)
         batch_counter = iter(range(1, 1 << 62))
         touched: dict[str, set[str]] = {}
@@ -434,9 +437,15 @@ def render_text(result: EraseResult) -> list[str]:
         for column, ks in f.detached.items():
             lines.append(f"   {len(ks)} kept row(s) of {column.split('.')[0]} {verb} detached "
                          f"({column} set to NULL): keys {_keys(ks)}")
+        groups: dict[str, list[Kept]] = {}
         for k in f.kept:
-            until = f" until {k.until}" if k.until else ""
-            lines.append(f"   kept: key {k.key}: {k.basis}{until}")
+            groups.setdefault(k.basis, []).append(k)
+        for basis, rows in groups.items():
+            untils = sorted({k.until for k in rows if k.until})
+            until = f", until {' / '.join(untils)}" if untils else ""
+            lines.append(f"   {len(rows)} row(s) kept: {basis}{until}: keys {_keys([k.key for k in rows])}")
+            if basis.startswith("statutory") and f.basis:
+                lines.append(f"     basis: {f.basis}")
     lines.append(f"{result.rows()} row(s) in all" + (f"; {result.message}" if result.message else ""))
     return lines
 
