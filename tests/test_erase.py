@@ -240,3 +240,7 @@ def test_audit_show_lists_the_erasure_as_a_run_of_its_own(db: TestDatabase, tmp_
                                                                     "accounts": 1}
     text = invoke(["--policies", str(policy), "audit", "show"])
     assert "SUBJECT ERASURE" in text.stdout
+    found = invoke(["--policies", str(policy), "audit", "find", "--policy", "accounts", "--key", "1",
+                    "--table", "accounts"])
+    assert found.exit_code == 0, found
+    assert "subject erasure, request AVG-2026-031" in found.stdout and ": deleted" in found.stdout
