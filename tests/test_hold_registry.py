@@ -184,3 +184,12 @@ def test_bad_hold_input_is_refused_and_touches_nothing(db: TestDatabase, tmp_pat
         assert "Traceback" not in r.stderr
     assert not sa.inspect(db.engine).has_table("retention_holds")
     assert not audit_path(policy).exists()
+
+
+def test_the_text_preview_names_the_hold_registry(db: TestDatabase, tmp_path: Path) -> None:
+    _schema(db.engine)
+    policy = _policy(tmp_path, db)
+    assert add(policy, "accounts", "2").exit_code == 0
+    preview = run_cli(policy, "--dry-run", fmt="text")
+    assert preview.exit_code == 0, preview
+    assert "1 row(s) past their term kept by a hold (registry): 1 by the hold registry" in preview.stdout

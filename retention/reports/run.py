@@ -84,8 +84,13 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         if o.fields and o.action == "delete" and o.status != "blocked":
             lines.append(f"  of these, {o.anonymised} {will} anonymised instead (on_referenced: anonymise)")
     if o.held:
-        why = ", ".join(f"{n} by {flag}" for flag, n in o.held_reasons.items())
-        lines.append(f"{o.held} row(s) past their term kept by a hold (exclude)" + (f": {why}" if why else ""))
+        why = ", ".join(f"{n} by {'the hold registry' if flag == 'registry' else flag}"
+                        for flag, n in o.held_reasons.items())
+        # `registry`: `retention hold add` (docs/rights.md); any other reason is an `exclude` flag.
+        kinds = [k for k, there in (("exclude", any(f != "registry" for f in o.held_reasons)),
+                                    ("registry", "registry" in o.held_reasons)) if there] or ["exclude"]
+        lines.append(f"{o.held} row(s) past their term kept by a hold ({', '.join(kinds)})"
+                     + (f": {why}" if why else ""))
     if o.unreadable:
         lines.append(f"{o.unreadable} row(s) kept: their `after` value is not a date (`retention validate` lists them)")
     if o.no_end:
