@@ -244,3 +244,28 @@ def test_audit_show_lists_the_erasure_as_a_run_of_its_own(db: TestDatabase, tmp_
                     "--table", "accounts"])
     assert found.exit_code == 0, found
     assert "subject erasure, request AVG-2026-031" in found.stdout and ": deleted" in found.stdout
+
+
+def test_an_account_still_referenced_by_kept_invoices_is_anonymised(db: TestDatabase, tmp_path: Path) -> None:
+    """With `on_referenced: anonymise` (tests/helpers.py SHOP_POLICIES) the erased account that
+    kept invoices still point at is anonymised in place, not deleted; its tickets go."""
+    from helpers import SHOP_POLICIES
+
+    from retention.demo import create_shop
+
+    create_shop(db.engine, accounts=150, seed=3, today=dt.date(2026, 11, 24))
+    with db.engine.connect() as conn:
+        subject, email = conn.execute(sa.text(
+            "SELECT a.id, a.email FROM accounts a JOIN invoices i ON i.account_id = a.id "
+            "WHERE i.issued_at >= '2021-01-01' AND EXISTS (SELECT 1 FROM tickets t WHERE t.account_id = a.id) "
+            "AND a.legal_hold = :f ORDER BY a.id"), {"f": False}).first()
+    invoices = ids(db.engine, "SELECT id FROM invoices WHERE account_id = :a", a=subject)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, SHOP_POLICIES)
+    result = erase(policy, str(subject), "--as-of", "2026-11-24T03:00")
+    assert result.exit_code == 0, result
+    assert table(result, "accounts")["anonymised"] == [subject]
+    assert ids(db.engine, "SELECT id FROM accounts WHERE id = :a AND email <> :e", a=subject, e=email) == {subject}
+    assert ids(db.engine, "SELECT id FROM tickets WHERE account_id = :a", a=subject) == set()
+    kept_invoices = ids(db.engine, "SELECT id FROM invoices WHERE account_id = :a", a=subject)
+    assert kept_invoices and kept_invoices <= invoices
+    assert set(kept(result, "invoices")) == kept_invoices

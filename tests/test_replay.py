@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import invoke, snapshot, sqlite_path
+from helpers import ids, invoke, snapshot, sqlite_path
 from test_erase import EMAIL, erase, events, policy_file, schema
 
 if TYPE_CHECKING:
@@ -101,3 +101,21 @@ def test_replay_since_after_the_erasure_replays_nothing(db: TestDatabase, tmp_pa
     assert "nothing to replay" in r.stdout
     assert snapshot(db.engine, SHOP) == original
     assert events(policy, "replay.start") == []
+
+
+def test_replay_applies_tonights_keep_rules(db: TestDatabase, tmp_path: Path) -> None:
+    """Invoice 13 was kept by its statutory minimum at the erasure (2025-12-31 23:59:59); replayed
+    after its floor ended (2026-01-01 00:00:01) it goes; invoice 12, still inside, stays detached."""
+    schema(db.engine)
+    policy = policy_file(tmp_path, db)
+    backup = take_copy(db, tmp_path)
+    first = erase(policy, "1", "--as-of", "2025-12-31T23:59:59")
+    assert first.exit_code == 0, first
+    assert ids(db.engine, "SELECT id FROM invoices WHERE account_id IS NULL") == {12, 13}
+    restore(db, backup)
+    again = replay(policy, "--as-of", "2026-01-01T00:00:01")
+    assert again.exit_code == 0, again
+    assert ids(db.engine, "SELECT id FROM invoices WHERE id IN (11, 12, 13)") == {12}
+    assert ids(db.engine, "SELECT id FROM invoices WHERE account_id IS NULL") == {12}
+    assert ids(db.engine, "SELECT id FROM invoice_lines WHERE invoice_id IN (11, 12, 13)") == {121, 122}
+    assert ids(db.engine, "SELECT id FROM accounts") == {2, 3}
