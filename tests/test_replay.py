@@ -82,6 +82,9 @@ def test_replay_after_a_restore_gives_the_erasure_end_state(db: TestDatabase, tm
     assert starts[0]["of_run"] == first.data["run"] and starts[0]["request"] == "AVG-2026-031"
     assert starts[0]["keys"] == events(policy, "erase.start")[0]["keys"]
     assert EMAIL not in Path(policy.parent / "audit/retention.jsonl").read_text(encoding="utf-8")
+    [summary] = events(policy, "replay")
+    assert summary["erasures"] == [{"of_run": first.data["run"], "request": "AVG-2026-031",
+                                    "replay_run": starts[0]["run"], "status": "ok"}]
 
     # Once more: nothing of the subject is left to remove.
     third = replay(policy, "--as-of", "2026-11-24T03:00")
@@ -101,6 +104,8 @@ def test_replay_since_after_the_erasure_replays_nothing(db: TestDatabase, tmp_pa
     assert "nothing to replay" in r.stdout
     assert snapshot(db.engine, SHOP) == original
     assert events(policy, "replay.start") == []
+    [summary] = events(policy, "replay")  # the replay itself is recorded, though it found nothing
+    assert summary["erasures"] == [] and summary["since"].startswith("2099-01-01")
 
 
 def test_replay_applies_tonights_keep_rules(db: TestDatabase, tmp_path: Path) -> None:

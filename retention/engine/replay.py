@@ -7,7 +7,8 @@ its ``erase.start`` entry, never a value: ``retention replay`` erases those keys
 the same :func:`retention.engine.erase.apply`, with tonight's keep rules (a statutory minimum
 that ended since the erasure no longer keeps the row; one still running keeps it). Each
 replayed erasure is framed by ``replay.start``/``replay.end`` naming the request and the
-erasure it repeats (``of_run``). A key no longer in the database simply matches nothing.
+erasure it repeats (``of_run``), and one ``replay`` entry (CONTRACT.md section 4) records the
+whole replay, also one that found nothing to repeat. A key no longer in the database simply matches nothing.
 
 Only erasures are replayed, not earlier replays (they repeat erasures that are themselves in
 the log) and not the batches of nightly runs (the next run does those again).
@@ -24,6 +25,7 @@ import pendulum
 
 from retention.audit import log as audit
 from retention.engine import erase as eraser
+from retention.engine import holds
 from retention.engine.validation import connect_and_check
 from retention.errors import EXIT_OK, UsageError
 from retention.policy.model import PolicyFile
@@ -44,9 +46,11 @@ class ReplayResult:
     since: str | None
     erasures: list[Replayed] = field(default_factory=list)
     exit_code: int = EXIT_OK
+    # The id of the `replay` entry (a real replay only).
+    run: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "since": self.since, "exit_code": self.exit_code,
+        return {"dry_run": self.dry_run, "since": self.since, "exit_code": self.exit_code, "run": self.run,
                 "erasures": [{"of_run": e.of_run, "request": e.request, "erased_at": e.ts, "skipped": e.skipped,
                               "result": e.result.as_json() if e.result else None} for e in self.erasures]}
 
@@ -100,6 +104,16 @@ def replay(model: PolicyFile, *, since: pendulum.DateTime | None = None, dry_run
         finally:
             connected.dispose()
         result.exit_code = max(result.exit_code, item.result.exit_code)
+    if not dry_run:
+        # The contract's `replay` event: that a replay was done, also when there was nothing to
+        # replay (the evidence a restore was followed up), with the erasures it repeated.
+        with audit.AuditLog(Path(model.audit.path), audit_key).open() as log_:
+            result.run = holds.new_id()
+            log_.append("replay", result.run, since=result.since, as_of=moment.isoformat(),
+                        erasures=[{"of_run": e.of_run, "request": e.request,
+                                   "replay_run": e.result.run if e.result else None,
+                                   "status": e.result.status if e.result else "skipped"} for e in result.erasures],
+                        exit_code=result.exit_code)
     return result
 
 

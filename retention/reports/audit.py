@@ -230,8 +230,8 @@ def summarise(
                     if row.status in ("incomplete", "not reached"):
                         _apply_done(row, work)
             continue
-        if str(event).startswith("hold."):
-            continue  # the hold registry's entries belong to no run (docs/rights.md)
+        if str(event).startswith("hold.") or event == "replay":
+            continue  # the hold registry's entries and a replay's summary belong to no run (docs/rights.md)
         summary = runs.get(rid)
         if summary is None:
             summary = runs[rid] = RunSummary(run=rid, started=e.get("ts"), first_line=number)
