@@ -193,3 +193,20 @@ def test_the_text_preview_names_the_hold_registry(db: TestDatabase, tmp_path: Pa
     preview = run_cli(policy, "--dry-run", fmt="text")
     assert preview.exit_code == 0, preview
     assert "1 row(s) past their term kept by a hold (registry): 1 by the hold registry" in preview.stdout
+
+
+def test_a_text_key_is_compared_as_text(db: TestDatabase, tmp_path: Path) -> None:
+    md = sa.MetaData()
+    vouchers = sa.Table("vouchers", md, sa.Column("code", sa.String(20), primary_key=True),
+                        sa.Column("used_at", sa.DateTime, index=True))
+    md.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(vouchers.insert(), [{"code": c, "used_at": OLD} for c in ("ABC-1", "ABC-10", "abc-2")])
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "vouchers", "table": "vouchers", "after": "used_at", "retain": "1 year", "action": "delete",
+         "max_fraction": 1.0}])
+    assert add(policy, "vouchers", "ABC-1").exit_code == 0
+    run = run_cli(policy)
+    assert run.exit_code == 0, run
+    assert run.policy("vouchers")["held_reasons"] == {"registry": 1}
+    assert ids(db.engine, "SELECT code FROM vouchers") == {"ABC-1"}
