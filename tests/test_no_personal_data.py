@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,7 +85,34 @@ def test_no_marker_or_its_hash_in_audit_log_or_logs(db: TestDatabase, tmp_path: 
         # Output to stdout of audit commands is built from the log only: check it too.
         if args[0] == "audit":
             assert not _leaks(result.stdout, markers), args
+    # The data-subject rights (docs/rights.md): a hold whose reason names someone, an erasure
+    # that finds a ticket by a personal value given on the command line, and its replay.
+    with db.engine.connect() as conn:
+        subject = conn.execute(sa.text("SELECT MIN(account_id) FROM tickets WHERE account_id IS NOT NULL")).scalar()
+        other = conn.execute(sa.text("SELECT MIN(id) FROM accounts WHERE id <> :s"), {"s": subject}).scalar()
+        match_id, match = conn.execute(sa.text("SELECT id, subject FROM tickets WHERE account_id IS NULL "
+                                               "OR account_id <> :s ORDER BY id"), {"s": subject}).first()
+    assert subject and other and match in markers
+    reason = f"claim of M{uuid.uuid4().hex}"[:40]
+    markers.append(reason.split()[-1])
+    for args in (["hold", "add", "--policy", "accounts", "--key", str(other), "--reason", reason,
+                  "--until", "2099-01-01", "--by", "dpo"], ["hold", "list"],
+                 ["erase", "--policy", "accounts", "--key", str(subject), "--request", "AVG-1",
+                  "--match", f"tickets.subject={match}", "--dry-run"],
+                 ["erase", "--policy", "accounts", "--key", str(subject), "--request", "AVG-1",
+                  "--match", f"tickets.subject={match}", "--format", "json"],
+                 ["replay", "--dry-run"], ["replay"], ["audit", "show"], ["audit", "show", "--format", "html"]):
+        result = runner.invoke(main, ["--policies", str(policy), "--log-format", "json", *args])
+        assert result.exit_code == 0, (args, result.output, result.stderr)
+        stderr.append(result.stderr)
+        if args[0] in ("audit", "erase", "replay"):
+            assert not _leaks(result.stdout, markers), args
+        if "json" in args and args[0] == "erase":  # the match found the ticket: not vacuous
+            found = {t["table"]: t["found"] for t in json.loads(result.stdout)["tables"]}
+            assert match_id in found["tickets"], found
     text = log.read_text()
+    for event in ("hold.added", "erase.start", "erase.end", "replay.start", "replay.end"):
+        assert f'"event":"{event}"' in text, event
     assert '"event":"batch"' in text  # the run really did remove rows: the check is not vacuous
     assert not _leaks(text, markers)
     assert not _leaks("\n".join(stderr), markers)

@@ -25,6 +25,8 @@ _RUN_START = b'"event":"run.start"'
 _BATCH = b'"event":"batch"'
 _COMMITTED = b'"event":"batch.committed"'
 _RECOVERED = b'"event":"batch.recovered"'
+# A subject erasure or its replay (docs/rights.md): its batches' rule is the request.
+_ERASURES = (b'"event":"erase.start"', b'"event":"replay.start"')
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Rule:
     basis: str | None = None
     as_of: str | None = None
     dry_run: bool = False
+    # The request reference, for the batches of `retention erase` / `retention replay`.
+    erasure: str | None = None
 
 
 @dataclass
@@ -143,6 +147,14 @@ def find(path: Path, policy: str, key: str, table: str | None = None) -> FindRes
                         retain=p.get("retain"), align=p.get("align"), cutoff=p.get("cutoff"),
                         basis=p.get("basis"), as_of=e.get("as_of"), dry_run=bool(e.get("dry_run")),
                     )
+        elif any(marker in raw for marker in _ERASURES):
+            e = _parse(raw)
+            if e is None:
+                continue
+            for p in e.get("policies") or []:
+                if isinstance(p, dict) and p.get("name") == policy:
+                    rules[str(e.get("run"))] = Rule(basis=p.get("basis"), as_of=e.get("as_of"),
+                                                    erasure=str(e.get("request")))
         elif pending and _COMMITTED in raw and policy_bytes in raw:
             e = _parse(raw)
             touch = pending.pop((str(e.get("run")), e.get("batch")), None) if e else None
@@ -171,6 +183,9 @@ def _what(t: Touch) -> str:
 
 
 def _rule(r: Rule) -> str:
+    if r.erasure is not None:
+        return (f"subject erasure, request {r.erasure}: the subject's rows past their own policy's statutory "
+                f"minimum and not on hold (as of {r.as_of})")
     if r.retain is None and r.cutoff is None:
         return "not recorded (the run's run.start is not in the log)"
     align = f", aligned to the {r.align.replace('_', ' ')}" if r.align and r.align != "none" else ""

@@ -616,3 +616,10 @@ def is_transient(exc: BaseException, dialect: str) -> bool:
         return bool(args) and isinstance(args[0], int) and args[0] in _TRANSIENT_ERRNOS[dialect]
     text = str(orig).lower()
     return any(t in text for t in _TRANSIENT_TEXTS.get(dialect, ()))
+
+
+def registry_table_options() -> dict[str, Any]:
+    """Options of the hold registry table (engine/holds.py): on MariaDB a transactional engine,
+    so a hold and the run that reads it see one consistent state, and full Unicode for the
+    reason text a person writes. Other databases ignore ``mysql_`` options."""
+    return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}

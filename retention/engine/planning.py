@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from retention.anonymisation import strategies
 from retention.databases import dialects
 from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column
+from retention.engine import holds
 from retention.policy.dates import Cutoff
 from retention.policy.model import Policy
 
@@ -89,6 +90,8 @@ class Plan:
     # The file's other policies on this database: their `exclude` holds reach this policy's
     # rows through foreign keys (unless this policy says `holds: own`).
     holders: list[Policy] = field(default_factory=list)
+    # The hold registry (engine/holds.py): per policy name, the keys (as text) held tonight.
+    registry: dict[str, list[str]] = field(default_factory=dict)
     blocked_by_guard: bool = False
     # Set by count() on a range-blind database when much of the table is past its term: the
     # dialect whose planner is then steered to scan the table rather than walk the index.
@@ -115,6 +118,19 @@ class Plan:
                 for edge in self.schema.edges:
                     if {edge.child, edge.parent} == {other.table, self.policy.table}:
                         self.hold_links.append((other, edge))
+        # The same for registry holds: (holding policy, its key column, link) per followed link.
+        self.registry_links: list[tuple[Policy, sa.Column[Any], Edge]] = []
+        if self.policy.holds == "linked":
+            for other in self.holders:
+                if (other.name == self.policy.name or other.table == self.policy.table
+                        or not self.registry.get(other.name) or other.table not in self.schema.tables):
+                    continue
+                other_key = key_column(self.schema.tables[other.table], other)
+                if isinstance(other_key, str):
+                    continue
+                for edge in self.schema.edges:
+                    if {edge.child, edge.parent} == {other.table, self.policy.table}:
+                        self.registry_links.append((other, other_key, edge))
 
     # -- row sets --------------------------------------------------------------------------
     @property
@@ -164,14 +180,38 @@ class Plan:
         wanted = other.exclude if columns is None else {c: other.exclude[c] for c in columns}
         return sa.exists().where(*conds, sa.or_(*[_match(h, c, v) for c, v in wanted.items()]))
 
+    def registry_hold(self, t: sa.FromClause) -> sa.ColumnElement[bool] | None:
+        """Rows held by the hold registry: their own key is held, or (one link, either way) the
+        key of a row of another policy. Never unknown (IN over non-NULL keys, EXISTS); None
+        when no registry hold reaches this policy."""
+        conds: list[sa.ColumnElement[bool]] = []
+        # A hold is on a row: it keeps it under every policy of the same table.
+        names = {self.policy.name, *(p.name for p in self.holders if p.table == self.policy.table)}
+        own = [k for name in sorted(names) for k in self.registry.get(name, [])]
+        if own:
+            conds.append(holds.key_values(t.c[self.key.name], own))
+        for other, other_key, edge in self.registry_links:
+            h = self.schema.tables[other.table].alias()
+            pairs = zip(edge.child_cols, edge.parent_cols, strict=True)
+            if edge.child == self.policy.table:
+                link = [h.c[pc] == t.c[cc] for cc, pc in pairs]
+            else:
+                link = [h.c[cc] == t.c[pc] for cc, pc in pairs]
+            conds.append(sa.exists().where(*link, holds.key_values(h.c[other_key.name], self.registry[other.name])))
+        return sa.or_(*conds) if conds else None
+
     def held_match(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         own = [_match(t, c, v) for c, v in self.policy.exclude.items()]
         linked = [self._linked_hold(t, other, edge) for other, edge in self.hold_links]
+        registry = self.registry_hold(t)
+        own += [registry] if registry is not None else []
         return sa.or_(*own, *linked) if own or linked else sa.false()
 
     def not_held(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         own = [_differs(t, c, v) for c, v in self.policy.exclude.items()]
         linked = [sa.not_(self._linked_hold(t, other, edge)) for other, edge in self.hold_links]
+        registry = self.registry_hold(t)
+        own += [sa.not_(registry)] if registry is not None else []
         return sa.and_(*own, *linked) if own or linked else sa.true()
 
     def hold_reasons(self, t: sa.FromClause) -> dict[str, sa.ColumnElement[bool]]:
@@ -183,6 +223,9 @@ class Plan:
         for other, edge in self.hold_links:
             for c in other.exclude:
                 reasons.setdefault(f"{other.table}.{c}", []).append(self._linked_hold(t, other, edge, [c]))
+        registry = self.registry_hold(t)
+        if registry is not None:
+            reasons.setdefault(holds.REASON, []).append(registry)
         return {name: sa.or_(*conds) for name, conds in reasons.items()}
 
     def due(self, t: sa.FromClause) -> sa.ColumnElement[bool]:

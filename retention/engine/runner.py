@@ -31,7 +31,7 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import guards, keys, monitor, recovery
+from retention.engine import guards, holds, keys, monitor, recovery
 from retention.engine.execution import Applied, Executor, first_line, kill_point, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
@@ -165,12 +165,15 @@ def make_plans(model: PolicyFile, selected: Sequence[Policy], connected: Connect
                moment: pendulum.DateTime) -> list[Plan]:
     """The selected policies compiled for one moment, children before parents."""
     plans: list[Plan] = []
+    today = holds.local_day(moment, model.timezone)
+    registry = {db: holds.active_keys(engine, today) for db, engine in connected.engines.items()}
     for p in run_order(selected, connected.schemas, model.database_of):
         db = model.database_of(p)
         cut = cutoff(moment, p.retain, p.align, model.timezone)  # type: ignore[arg-type]
         earlier = [q for q in plans if q.database == db]
         holders = [q for q in model.policies if model.database_of(q) == db]
-        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders))
+        plans.append(Plan(p, db, connected.schemas[db], cut, earlier=earlier, holders=holders,
+                          registry=registry.get(db, {})))
     return plans
 
 
@@ -328,6 +331,7 @@ def execute_run(
                 **({"ratchet": "blocked"} if pl.policy.name in ratchet else {}),
             } for pl in plans],
         )
+        expired = holds.record_expiries(model, connected.engines, log_, run_id, moment, dry_run)
         result = RunResult(run=run_id, as_of=moment.isoformat(), dry_run=dry_run, policies=[],
                            not_selected=[p.name for p in model.policies if p.name not in {q.name for q in selected}],
                            timezone=model.timezone, policy_file_sha256=model.source_sha256)
@@ -340,6 +344,7 @@ def execute_run(
         for plan in plans:
             outcome = _outcome(plan, model)
             outcome.partial = partial
+            outcome.warnings += expired.get(plan.policy.name, [])
             result.policies.append(outcome)
             if plan.database in failed:
                 outcome.status = "skipped"

@@ -230,6 +230,8 @@ def summarise(
                     if row.status in ("incomplete", "not reached"):
                         _apply_done(row, work)
             continue
+        if str(event).startswith("hold.") or event == "replay":
+            continue  # the hold registry's entries and a replay's summary belong to no run (docs/rights.md)
         summary = runs.get(rid)
         if summary is None:
             summary = runs[rid] = RunSummary(run=rid, started=e.get("ts"), first_line=number)
@@ -244,6 +246,23 @@ def summarise(
                 row = summary.row(str(p.get("name")))
                 for name in ("database", "table", "action", "cutoff", "basis", "retain", "align"):
                     setattr(row, name, p.get(name))
+        elif event in ("erase.start", "replay.start"):
+            # A subject erasure (or its replay after a restore): a run of its own (docs/rights.md).
+            summary.started = e.get("ts")
+            summary.kind = "erasure" if event == "erase.start" else "replay"
+            for name in ("user", "host", "version", "as_of"):
+                setattr(summary, name, e.get(name))
+            for p in e.get("policies") or []:
+                row = summary.row(str(p.get("name")))
+                for name in ("database", "table", "action", "basis"):
+                    setattr(row, name, p.get(name))
+                row.status, row.deleted, row.anonymised, row.applied = "incomplete", 0, 0, 0
+        elif event in ("erase.end", "replay.end"):
+            summary.ended, summary.status = e.get("ts"), str(e.get("status"))
+            summary.duration_s = _seconds(e)
+            for row in summary.policies:
+                if row.status == "incomplete":
+                    row.status = "ok"
         elif event == "preview":
             _preview(summary, e)
         elif event == "policy.start":
@@ -444,7 +463,8 @@ def render_text(runs: Sequence[RunSummary], verification: VerifyResult | None = 
     out += [f"Retention audit: {t.runs} enforcement run(s){previews}; run times in UTC, cut-offs in the "
             "policy time zone", totals_line(t), ""]
     for s in runs:
-        mode = "PREVIEW (dry run: nothing was changed)" if s.kind == "preview" else "ENFORCEMENT"
+        mode = {"preview": "PREVIEW (dry run: nothing was changed)", "erasure": "SUBJECT ERASURE",
+                "replay": "ERASURE REPLAYED AFTER A RESTORE"}.get(s.kind, "ENFORCEMENT")
         mark = "  UNVERIFIED (see the chain's verdict above)" if s.verified is False else ""
         took = f", {s.duration_s:.1f} s" if isinstance(s.duration_s, int | float) else ""
         out.append(f"{fmt_ts(s.started)}  run {s.run}  {mode}{mark}")

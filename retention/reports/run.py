@@ -202,7 +202,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         else:
             lines.append("  they stay as they are and are deleted once nothing references them")
     if o.held:
-        why = ", ".join(f"{_n(n)} by {flag}" for flag, n in o.held_reasons.items())
+        why = ", ".join(f"{_n(n)} by {'the hold registry' if flag == 'registry' else flag}"
+                        for flag, n in o.held_reasons.items())
         holds = " or ".join(f"{c} = {value_words(v)}" for c, v in o.exclude.items())
         lines.append(f"{_n(o.held)} row(s) past their term kept under a hold ({why or holds or 'exclude'})")
     if o.unreadable:
