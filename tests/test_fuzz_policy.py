@@ -50,7 +50,9 @@ VALID: dict[str, Any] = {
     "policies": [
         {"name": "accounts", "table": "accounts", "after": "deregistered_at", "retain": "24 months",
          "action": "anonymise", "fields": {"email": "fake.email", "name": "redact", "born": "generalise.year"},
-         "exclude": {"legal_hold": True}, "max_fraction": 0.5},
+         "exclude": {"legal_hold": True}, "max_fraction": 0.5,
+         # an anonymise policy accounts for every column (issue 14): the hold flag stays as it is
+         "keep": {"legal_hold": "false on every anonymised row (held rows are never anonymised)"}},
         {"name": "orders", "table": "orders", "after": "placed_at", "retain": "7 years", "minimum": "7 years",
          "align": "end_of_year", "action": "delete", "where": {"status": "closed"}, "batch_size": 100},
     ],

@@ -8,6 +8,7 @@ shop's rows and no audit log), and the rows left where the case says what is lef
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,19 @@ def _rows(engine: sa.Engine, table: str) -> list[list[Any]]:
     return [list(r) for r in rows]
 
 
+def _messages(stderr: str) -> list[str]:
+    """The decoded `message` of each JSON log line: `--log-format json` escapes what a person reads."""
+    found = []
+    for line in stderr.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("message"), str):
+            found.append(entry["message"])
+    return found
+
+
 def test_the_table_has_at_least_30_cases_each_with_an_outcome() -> None:
     assert len(CASES) >= 30
     for name, case in CASES.items():
@@ -133,7 +147,7 @@ def test_hostile_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     args = case.get("args") or ["run", "--as-of", AS_OF]
 
     result = CliRunner().invoke(main, ["--policies", str(policy), "--log-format", "json", *args])
-    shown = result.stdout + result.stderr
+    shown = "\n".join([result.stdout, result.stderr, *_messages(result.stderr)])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == case.get("exit", EXIT_INVALID), shown[-3000:]
     for text in case.get("says", []):

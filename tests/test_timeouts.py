@@ -2,8 +2,10 @@
 connect timeout, not the night.
 
 Before: `validate` and `run` hung for good on PostgreSQL (libpq has no default connect
-timeout) and ~40 s on MariaDB. Now both exit 2 within ``connect_timeout`` (default 10 s,
-per database in the policy file) plus a margin, naming the database and never the password.
+timeout) and ~40 s on MariaDB. Now each connection attempt ends after ``connect_timeout``
+(default 10 s, per database in the policy file); a database unreachable at start is retried after
+each of ``RETRY_DELAYS`` (docs/safety.md, "Bounded retries"), so the run exits 2 within
+(1 + retries) x ``connect_timeout`` + the waits + a margin, naming the database and never the password.
 The lock and statement limits are checked as session settings on the real servers.
 """
 
@@ -23,6 +25,7 @@ import yaml
 from helpers import invoke
 
 from retention.databases import dialects
+from retention.engine.execution import RETRY_DELAYS
 from retention.errors import EXIT_INVALID, PolicyFileError
 from retention.policy import loader as config
 from retention.policy.model import CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, STATEMENT_TIMEOUT_S
@@ -34,6 +37,10 @@ PASSWORD = "s3cret-Pa55word"
 # libpq counts whole seconds with a minimum of 2; the margin covers the CLI and the process.
 TIMEOUT_S = 2
 MARGIN_S = 3.0
+# At most one attempt plus one per retry delay, each bounded by the connect timeout: with the
+# shipped delays (0.5, 1, 2 s) 4 x 2 s + 3.5 s + the margin = 14.5 s, not the night.
+ATTEMPTS = 1 + len(RETRY_DELAYS)
+BOUND_S = ATTEMPTS * TIMEOUT_S + sum(RETRY_DELAYS) + MARGIN_S
 
 
 @pytest.fixture
@@ -86,12 +93,14 @@ URLS = {
 @pytest.mark.parametrize("driver", sorted(URLS))
 def test_a_stalled_server_costs_the_connect_timeout_and_exits_2(driver: str, command: list[str], tmp_path: Path,
                                                                  stalled_port: int) -> None:
+    """Each attempt waits ``connect_timeout``, the start's retries are bounded, then exit 2."""
     policies = _policy_file(tmp_path, URLS[driver].format(pw=PASSWORD, port=stalled_port))
     t0 = time.monotonic()
     result = invoke(["--policies", str(policies), "--log-format", "json", *command])
     elapsed = time.monotonic() - t0
     assert result.exit_code == EXIT_INVALID, result
-    assert elapsed < TIMEOUT_S + MARGIN_S, f"{driver} {command}: {elapsed:.1f} s"
+    assert elapsed < BOUND_S, f"{driver} {command}: {elapsed:.1f} s"
+    assert result.stderr.count('"event": "database.retry"') <= len(RETRY_DELAYS), result.stderr
     assert elapsed >= TIMEOUT_S * 0.9, f"{driver}: gave up after {elapsed:.1f} s, before its timeout"
     assert f"database 'shop': cannot connect to {URLS[driver].format(pw='***', port=stalled_port)}: " \
         in result.stderr

@@ -168,10 +168,13 @@ def check_reachable(engine: sa.Engine, url: str, name: str | None = None) -> Non
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnreachable(
-            f"{_database(name)}cannot connect to {redact_url(url)}: {_without_url(reason, url)}"
-        ) from None
+        raise unreachable(exc, url, name) from None
+
+
+def unreachable(exc: BaseException, url: str, name: str | None = None) -> DatabaseUnreachable:
+    """The error for a failed connect: the driver's first line, the URL's password hidden."""
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnreachable(f"{_database(name)}cannot connect to {redact_url(url)}: {_without_url(reason, url)}")
 
 
 def lock_rows(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
@@ -609,7 +612,8 @@ def is_transient(exc: BaseException, dialect: str) -> bool:
         if state is None:
             # psycopg raises OperationalError without a SQLSTATE when the server never answered
             # (refused, reset, timed out): a connection problem.
-            return type(orig).__name__ == "OperationalError"
+            # (psycopg raises subclasses, e.g. ConnectionTimeout for a connect timeout.)
+            return any(cls.__name__ == "OperationalError" for cls in type(orig).__mro__)
         return state in _TRANSIENT_SQLSTATES[dialect]
     if dialect in _TRANSIENT_ERRNOS:
         args = getattr(orig, "args", ())

@@ -117,22 +117,26 @@ def connect_and_check(model: PolicyFile, policies: Sequence[Policy] | None = Non
 
 
 def _reach(engine: sa.Engine, name: str, url: str) -> None:
-    """Connect, retrying a transient failure (a server restarting, a failover) as a batch is
-    retried; then the last attempt's error, with the URL's password hidden, ends the run (exit 2)."""
+    """Connect, retrying a transient failure (a server restarting, a failover, a timeout) as a
+    batch is retried; then the last attempt's error, with the URL's password hidden, ends the run
+    (exit 2). At most 1 + len(RETRY_DELAYS) connects: a stalled server costs that many connect
+    timeouts plus the waits, a refused password one connect."""
     from retention.engine.execution import RETRY_DELAYS
 
-    for wait in RETRY_DELAYS:
+    delays = list(RETRY_DELAYS)
+    while True:
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
             return
-        except sa.exc.DBAPIError as exc:
-            if not dialects.is_transient(exc, engine.dialect.name):
-                break
+        except Exception as exc:
+            transient = isinstance(exc, sa.exc.DBAPIError) and dialects.is_transient(exc, engine.dialect.name)
+            if not transient or not delays:
+                raise dialects.unreachable(exc, url, name) from None
+            wait = delays.pop(0)
             reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [""])[0]
             log.warning("database.retry", database=name, wait_s=wait, error=reason.replace(url, redact_url(url)))
             time.sleep(wait)
-    dialects.check_reachable(engine, url, name)
 
 
 def unreadable_warning(engine: sa.Engine, schema: Schema, policy: Policy, first: int = 5) -> str | None:
