@@ -148,7 +148,8 @@ def _global_options(group: bool = False) -> Callable[[Callable[..., Any]], Calla
         return {} if group else {"expose_value": False, "callback": _merge(attr)}
 
     options = [
-        click.option("--policies", "-c", "--config", "policies", metavar="FILE", **extra("policies_arg"),
+        # Named policy_file, not policies: `audit show --policy NAME` keeps its values in `policies`.
+        click.option("--policies", "-c", "--config", "policy_file", metavar="FILE", **extra("policies_arg"),
                      help="Policy file (-c and --config are aliases). "
                           "Default: $RETENTION_POLICIES, then ./policies.yaml."),
         click.option("--log-format", type=click.Choice(["console", "json"]), default=None, **extra("log_format"),
@@ -210,9 +211,9 @@ class _Main(click.Group):
 @_global_options(group=True)
 @click.version_option(__version__, prog_name="retention")
 @click.pass_context
-def main(ctx: click.Context, policies: str | None, log_format: str | None, debug: bool | None,
+def main(ctx: click.Context, policy_file: str | None, log_format: str | None, debug: bool | None,
          quiet: bool | None) -> None:
-    ctx.obj = _State(policies, log_format, bool(debug), bool(quiet))
+    ctx.obj = _State(policy_file, log_format, bool(debug), bool(quiet))
     ctx.obj.configure_logging()
 
 

@@ -233,3 +233,17 @@ def test_usage_errors_are_json_lines_under_log_format_json(argv: list[str], mess
     assert line["level"] == "error" and line["event"] == "error" and message in line["message"]
     plain = invoke([a for a in argv if a not in ("--log-format", "json", "--log-format=json")])
     assert plain.exit_code == 2 and plain.stderr.startswith("Usage: ") and message in plain.stderr
+
+
+def test_audit_show_policy_filter_is_not_taken_for_the_global_policies_option(tmp_path: Path, sqlite_db: Any) -> None:
+    """`audit show --policy NAME` filters by policy; the global --policies FILE after the command
+    still names the file (both once shared click's destination `policies`)."""
+    pf = _shop_file(tmp_path, sqlite_db)
+    done = invoke(["--policies", str(pf), "run", "--as-of", AS_OF, "--force", "--format", "json"])
+    assert done.exit_code == 0, done
+    before = invoke(["--policies", str(pf), "audit", "show", "--policy", "accounts", "--format", "json"])
+    after = invoke(["audit", "show", "--policy", "accounts", "--policies", str(pf), "--format", "json"])
+    assert before.exit_code == 0 and after.exit_code == 0, (before, after)
+    for shown in (before, after):
+        runs = json.loads(shown.stdout)["runs"]
+        assert [p["policy"] for r in runs for p in r["policies"]] == ["accounts"]
