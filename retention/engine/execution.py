@@ -69,8 +69,13 @@ def _test_hook(point: str) -> None:
 class Executor:
     def __init__(self, plan: Plan, engine: sa.Engine, audit: AuditSink, run_id: str,
                  batch_ids: Callable[[], int], fakes: FakePool, marker_value: Any,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, restrict: list[Any] | None = None,
+                 tag: dict[str, Any] | None = None) -> None:
         self.plan, self.engine, self.audit, self.run_id = plan, engine, audit, run_id
+        # An approved plan's keys (sorted): only these may be selected, batch by batch, and
+        # every audit entry carries ``tag`` (the plan's SHA-256).
+        self.restrict = restrict
+        self.tag = tag or {}
         self.next_batch = batch_ids
         self.fakes = fakes
         self.marker_value = marker_value
@@ -99,22 +104,35 @@ class Executor:
         in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
                   and dialects.updates_next_batch(self.dialect))
         last: Any = None
+        size = plan.policy.batch_size
+        chunks = (iter([self.restrict[i:i + size] for i in range(0, len(self.restrict), size)])
+                  if self.restrict is not None else None)
         while True:
             with self.engine.begin() as conn:
                 query = sa.select(key).where(plan.due(t))
-                if last is not None:
+                if chunks is not None:
+                    # A plan's keys no longer due (held since, or gone) simply are not selected.
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        return
+                    query = query.where(dialects.key_in(key, chunk, self.dialect))
+                elif last is not None:
                     query = query.where(key > last)
-                query = query.order_by(key).limit(plan.policy.batch_size)
+                query = query.order_by(key).limit(size)
                 if in_one:
                     _fakes, constants = self._values(0)
                     keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
                     if last is None:
-                        return
+                        if chunks is None:
+                            return
+                        continue
                     entries = [Entry("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
                 else:
                     keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
                     if not keys:
-                        return
+                        if chunks is None:
+                            return
+                        continue
                     last = keys[-1]
                     entries = self._change(conn, keys)
                 if not entries:
@@ -126,7 +144,7 @@ class Executor:
                         "batch", self.run_id, policy=plan.policy.name, database=plan.database,
                         table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
                         key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
-                        columns=entry.columns, count=entry.count, cascaded=entry.cascaded,
+                        columns=entry.columns, count=entry.count, cascaded=entry.cascaded, **self.tag,
                     )
                     written.append((batch, entry))
                 _test_hook("intent")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pendulum
 import sqlalchemy as sa
@@ -36,6 +36,9 @@ from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, RetentionError,
 from retention.logs import get_logger
 from retention.policy.dates import cutoff
 from retention.policy.model import Policy, PolicyFile
+
+if TYPE_CHECKING:
+    from retention.approval.apply import ApprovedPlan
 
 log = get_logger("retention.run")
 
@@ -84,6 +87,10 @@ class PolicyOutcome:
     # Anonymising policies only: the re-identification check (reidentification.Reidentification.as_dict).
     reidentification: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # run --plan: the plan's SHA-256, its keys to change, and those of them no longer due tonight.
+    plan: str | None = None
+    planned: int = 0
+    skipped_keys: int = 0
 
 
 @dataclass
@@ -195,6 +202,7 @@ def execute_run(
     force: bool = False,
     progress: ProgressFactory | None = None,
     audit_key: bytes | None = None,
+    approved: ApprovedPlan | None = None,
 ) -> RunResult:
     started = time.monotonic()
     moment = resolve_as_of(as_of, model.timezone, dry_run)
@@ -202,6 +210,10 @@ def execute_run(
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run)
         stack.callback(connected.dispose)
+        if approved is not None:
+            from retention.approval.apply import check_databases
+
+            check_databases(approved, connected)
 
         lock = stack.enter_context(RunLock(Path(model.audit.path), connected.engines, dry_run=dry_run))
         del lock
@@ -221,7 +233,8 @@ def execute_run(
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
             as_of=moment.isoformat(), dry_run=dry_run, user=getpass.getuser(), host=socket.gethostname(),
-            version=__version__, force=force, chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
+            version=__version__, force=force, **({"plan": approved.sha256} if approved else {}),
+            chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
             policies=[{
                 "name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
@@ -242,6 +255,10 @@ def execute_run(
                 continue
             t0 = time.monotonic()
             engine = connected.engines[plan.database]
+            restrict = approved.keys.get(plan.policy.name) if approved else None
+            if restrict is not None:
+                outcome.plan, outcome.planned = approved.sha256, len(restrict)  # type: ignore[union-attr]
+                outcome.skipped_keys = len(restrict)  # until the Executor says how many it changed
             log_.append("policy.start", run_id, policy=plan.policy.name, database=plan.database,
                         table=plan.policy.table, action=plan.policy.action, cutoff=plan.cutoff.isoformat(),
                         basis=plan.policy.basis, dry_run=dry_run)
@@ -252,12 +269,19 @@ def execute_run(
                     if not dry_run:  # a real run reports the rows it detached, not the count's estimate
                         outcome.detached, outcome.detached_columns = 0, {}
                     share = plan.touched(counts) / counts.total if counts.total else 0.0
-                    if share > plan.policy.max_fraction and not force:
+                    if not dry_run and restrict is None and plan.policy.approval == "required":
+                        plan.blocked_by_guard = True
+                        outcome.status = "awaiting approval"
+                        outcome.error = ("approval: required: applied only from an approved plan; nothing done "
+                                         "(retention plan / approve / run --plan)")
+                    # An approved plan is the person's decision on exactly these keys: no guard weighs it.
+                    elif share > plan.policy.max_fraction and not force and restrict is None:
                         plan.blocked_by_guard = True
                         outcome.status = "blocked"
                         outcome.error = (
                             f"would change {plan.touched(counts)} of {counts.total} rows ({share:.0%}), more than "
-                            f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)"
+                            f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (approve a plan "
+                            "(retention plan / approve / run --plan) or use --force)"
                         )
                     if plan.policy.anonymises:
                         # Before anything of the policy is written: on the values the rows would
@@ -290,7 +314,10 @@ def execute_run(
                 if not dry_run and outcome.status == "ok" and plan.touched(counts):
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
                     applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
-                                       moment.in_timezone(model.timezone).naive(), bar).run()
+                                       moment.in_timezone(model.timezone).naive(), bar, restrict=restrict,
+                                       tag={"plan": approved.sha256} if restrict is not None else None).run()  # type: ignore[union-attr]
+                    if restrict is not None:
+                        outcome.skipped_keys = len(restrict) - applied.deleted - applied.anonymised
                     outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
                     outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
                     outcome.cascaded = applied.cascaded
@@ -338,6 +365,11 @@ def execute_run(
         elif any(o.status == "blocked" for o in result.policies):
             result.exit_code, result.status = EXIT_BLOCKED, "blocked"
             result.message = "a safety guard (max_fraction, re-identification check) stopped a policy; the others ran"
+        elif any(o.status == "awaiting approval" for o in result.policies):
+            waiting = ", ".join(o.name for o in result.policies if o.status == "awaiting approval")
+            result.exit_code, result.status = EXIT_BLOCKED, "awaiting approval"
+            result.message = (f"awaiting approval: {waiting} (approval: required) applied only from an approved "
+                              "plan (retention plan / approve / run --plan); the others ran")
         duration_s = round(time.monotonic() - started, 3)
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))

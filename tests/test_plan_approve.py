@@ -1,0 +1,297 @@
+"""Plan, approve, apply (issue 16): a person's sign-off bound to exactly the keys a run changes.
+
+A small shop of accounts and their orders, built here; every expectation is plain SQL written
+in the test. The CLI is driven through CliRunner (helpers.invoke) on every database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+import pytest
+import sqlalchemy as sa
+from helpers import AS_OF, audit_path, ids, invoke, run_cli, scalar, unchanged_witness, write_policies
+
+if TYPE_CHECKING:
+    from conftest import TestDatabase
+
+ACCOUNTS = {
+    "name": "accounts", "table": "accounts", "after": "deregistered_at", "retain": "24 months",
+    "action": "delete", "exclude": {"legal_hold": True}, "max_fraction": 1,
+}
+ORDERS = {"name": "orders", "table": "orders", "after": "placed_at", "retain": "7 years", "action": "delete",
+          "max_fraction": 1}
+# What "due" means for the accounts policy at AS_OF, in plain SQL (24 months before 2026-11-24 03:00).
+DUE_ACCOUNTS_SQL = ("SELECT id FROM accounts WHERE deregistered_at <= '2024-11-24 03:00:00' "
+                    "AND legal_hold = :f AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.account_id = accounts.id "
+                    "AND o.placed_at > '2019-11-24 03:00:00')")
+DUE_ORDERS_SQL = "SELECT id FROM orders WHERE placed_at <= '2019-11-24 03:00:00'"
+
+
+def build(engine: sa.Engine) -> None:
+    md = sa.MetaData()
+    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                        sa.Column("name", sa.String(40)), sa.Column("deregistered_at", sa.DateTime),
+                        sa.Column("legal_hold", sa.Boolean, nullable=False))
+    orders = sa.Table("orders", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id")),
+                      sa.Column("placed_at", sa.DateTime, nullable=False))
+    md.create_all(engine)
+    rows = []
+    for i in range(1, 41):
+        # 1-24 deregistered in 2022 (past 24 months), 25-32 in 2026 (not yet), 33-40 still customers.
+        gone = dt.datetime(2022, 3, 1, 12) if i <= 24 else dt.datetime(2026, 3, 1) if i <= 32 else None
+        rows.append({"id": i, "name": f"n{i}", "deregistered_at": gone, "legal_hold": i == 7})
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), rows)
+        conn.execute(orders.insert(), [
+            {"id": 1, "account_id": 1, "placed_at": dt.datetime(2015, 5, 1)},  # due: account 1 goes too
+            {"id": 2, "account_id": 2, "placed_at": dt.datetime(2021, 5, 1)},  # kept: defers account 2
+            {"id": 3, "account_id": 3, "placed_at": dt.datetime(2016, 5, 1)},
+            {"id": 4, "account_id": 30, "placed_at": dt.datetime(2014, 5, 1)},
+        ])
+
+
+def setup(db: TestDatabase, tmp_path: Path, policies: list[dict[str, Any]] | None = None) -> Path:
+    build(db.engine)
+    return write_policies(tmp_path / "policies.yaml", db.url, policies or [ORDERS, ACCOUNTS])
+
+
+def cli(policy: Path, *args: str) -> Any:
+    return invoke(["--policies", str(policy), "--log-format", "json", *args])
+
+
+def make_plan(policy: Path, plan: Path, *extra: str) -> Any:
+    out = cli(policy, "plan", "-o", str(plan), "--as-of", AS_OF, *extra)
+    assert out.exit_code == 0, out
+    return out
+
+
+def approve(policy: Path, plan: Path, by: str = "A. de Vries") -> Any:
+    out = cli(policy, "approve", str(plan), "--by", by, "--role", "DPO", "--note", "checked")
+    assert out.exit_code == 0, out
+    return out
+
+
+def shown(policy: Path, plan: Path) -> dict[str, Any]:
+    out = cli(policy, "plan", "show", str(plan), "--format", "json")
+    assert out.exit_code == 0, out
+    return json.loads(out.stdout)
+
+
+def entries(policy: Path, event: str) -> list[dict[str, Any]]:
+    lines = audit_path(policy).read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+def false(db: TestDatabase) -> Any:
+    return False if db.name == "postgresql" else 0
+
+
+def test_approve_then_apply_changes_exactly_the_planned_keys(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path)
+    due_accounts = ids(db.engine, DUE_ACCOUNTS_SQL, f=false(db))
+    # An order removed tonight frees its account in the same run (orders run first).
+    due_accounts |= {1, 3}
+    due_orders = ids(db.engine, DUE_ORDERS_SQL)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+
+    doc = shown(policy, plan)
+    counts = {p["name"]: p["counts"] for p in doc["policies"]}
+    assert counts["accounts"]["delete"] == len(due_accounts)
+    assert counts["accounts"]["defer"] == 1  # account 2, referenced by its 2021 order
+    assert counts["accounts"]["held"] == 1  # account 7
+    assert counts["orders"]["delete"] == len(due_orders) == 3
+    assert doc["approvals"] == []
+
+    approved = approve(policy, plan)
+    assert doc["plan"] in approved.stdout
+    [entry] = entries(policy, "plan.approved")
+    assert entry["plan"] == doc["plan"] and entry["approver"] == "A. de Vries" and entry["role"] == "DPO"
+    assert entry["counts"]["accounts"] == {"delete": len(due_accounts), "anonymise": 0, "defer": 1}
+    # The approval does not change what was approved: same content hash, approval listed.
+    again = shown(policy, plan)
+    assert again["plan"] == doc["plan"] and again["approvals"][0]["by"] == "A. de Vries"
+
+    keep_accounts = ids(db.engine, "SELECT id FROM accounts") - due_accounts
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert ids(db.engine, "SELECT id FROM accounts") == keep_accounts
+    assert ids(db.engine, "SELECT id FROM orders") == {2}
+    assert run.policy("accounts")["applied"] == len(due_accounts)
+    assert run.policy("accounts")["skipped_keys"] == 0 and run.policy("accounts")["plan"] == doc["plan"]
+    # Every batch of the run is tied to the plan.
+    [start] = entries(policy, "run.start")
+    assert start["plan"] == doc["plan"]
+    batches = entries(policy, "batch")
+    assert batches and all(b["plan"] == doc["plan"] for b in batches)
+    assert sorted(k for b in batches if b["table"] == "accounts" for k in b["keys"]) == sorted(due_accounts)
+
+
+def test_a_key_held_after_approval_is_skipped_and_reported(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE accounts SET legal_hold = :t WHERE id = 5"), {"t": True})
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 5") == 1
+    accounts = run.policy("accounts")
+    assert accounts["skipped_keys"] == 1 and accounts["applied"] == accounts["planned_keys"] - 1
+    assert 5 not in {k for b in entries(policy, "batch") for k in b["keys"]}
+
+
+def test_a_key_outside_the_plan_is_never_touched(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    with db.engine.begin() as conn:  # due tonight, but nobody approved it
+        conn.execute(sa.text("INSERT INTO accounts (id, name, deregistered_at, legal_hold) "
+                             "VALUES (99, 'late', :d, :f)"), {"d": dt.datetime(2021, 1, 1), "f": false(db)})
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 99") == 1
+    # ...which a plain run would have deleted: the restriction is what kept it.
+    plain = run_cli(policy)
+    assert plain.exit_code == 0, plain
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 99") == 0
+
+
+@pytest.mark.parametrize("edit", ["rule", "comment"])
+def test_a_policy_file_edit_after_approval_is_refused(db: TestDatabase, tmp_path: Path, edit: str) -> None:
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    if edit == "rule":
+        write_policies(policy, db.url, [ORDERS, {**ACCOUNTS, "retain": "12 months"}])
+    else:
+        policy.write_text(policy.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    before = unchanged_witness(db)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 3, run
+    assert "policy file" in run.stderr and "changed since the plan" in run.stderr
+    assert unchanged_witness(db) == before
+
+
+def _tamper(plan: Path, how: str) -> None:
+    doc = json.loads(plan.read_text(encoding="utf-8"))
+    accounts = next(p for p in doc["policies"] if p["name"] == "accounts")
+    if how == "key":  # the first run of keys now starts one later: another account
+        accounts["keys"]["delete"]["int_runs"][0] += 30
+    elif how == "count":
+        accounts["counts"]["delete"] += 1
+        accounts["keys"]["delete"]["count"] += 1
+    else:  # a count only: the file no longer agrees with itself
+        accounts["counts"]["delete"] += 1
+    plan.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.parametrize("how", ["key", "count", "count_only"])
+def test_a_tampered_plan_file_is_refused(db: TestDatabase, tmp_path: Path, how: str) -> None:
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    _tamper(plan, how)
+    before = unchanged_witness(db)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 3, run
+    assert "edited" in run.stderr
+    assert unchanged_witness(db) == before
+    assert entries(policy, "run.start") == []
+
+
+def test_an_unapproved_plan_is_refused(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(sqlite_db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    before = unchanged_witness(sqlite_db)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 3 and "not approved" in run.stderr, run
+    assert unchanged_witness(sqlite_db) == before
+
+
+def test_a_plan_older_than_the_max_age_is_refused(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    doc = json.loads(plan.read_text(encoding="utf-8"))
+    doc["created"] = pendulum.now("UTC").subtract(days=8).isoformat()  # before approval: a real 8-day-old plan
+    plan.write_text(json.dumps(doc), encoding="utf-8")
+    approve(policy, plan)
+    before = unchanged_witness(db)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 3 and "older than the maximum age" in run.stderr, run
+    assert unchanged_witness(db) == before
+    run = run_cli(policy, "--plan", str(plan), "--plan-max-age", "9d")
+    assert run.exit_code == 0, run
+    assert run.policy("accounts")["applied"] > 0
+
+
+def test_approval_required_waits_for_a_plan_and_runs_from_one(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path, [ORDERS, {**ACCOUNTS, "approval": "required"}])
+    accounts_before = ids(db.engine, "SELECT id FROM accounts")
+    run = run_cli(policy)
+    assert run.exit_code == 3, run
+    assert run.data["status"] == "awaiting approval"
+    assert run.policy("accounts")["status"] == "awaiting approval" and run.policy("accounts")["applied"] == 0
+    assert ids(db.engine, "SELECT id FROM accounts") == accounts_before
+    # The other policy ran.
+    assert run.policy("orders")["status"] == "ok" and ids(db.engine, "SELECT id FROM orders") == {2}
+
+    due = ids(db.engine, DUE_ACCOUNTS_SQL, f=false(db))
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan, "--policy", "accounts")
+    approve(policy, plan)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert run.policy("accounts")["status"] == "ok" and run.policy("accounts")["applied"] == len(due)
+    assert ids(db.engine, "SELECT id FROM accounts") == accounts_before - due
+
+
+def test_a_guard_blocked_backlog_is_drained_by_an_approved_plan(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path, [{**ACCOUNTS, "max_fraction": 0.1}])
+    run = run_cli(policy)
+    assert run.exit_code == 3, run
+    assert "approve a plan (retention plan / approve / run --plan) or use --force" in run.policy("accounts")["error"]
+    due = ids(db.engine, DUE_ACCOUNTS_SQL.replace("> '2019-11-24 03:00:00'", "IS NOT NULL"), f=false(db))
+    assert len(due) > 4  # more than 10 % of 40 accounts: the guard's case
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert run.policy("accounts")["applied"] == len(due)
+    assert ids(db.engine, "SELECT id FROM accounts") & due == set()
+
+
+def test_plan_show_text_and_html_name_the_counts_and_approvals(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(sqlite_db, tmp_path)
+    plan = tmp_path / "night.plan.gz"  # gzip'd by its name
+    make_plan(policy, plan)
+    assert plan.read_bytes()[:2] == b"\x1f\x8b"
+    approve(policy, plan, by="B. Jansen")
+    text = cli(policy, "plan", "show", str(plan))
+    assert text.exit_code == 0, text
+    assert "to delete" in text.stdout and "B. Jansen (DPO): checked" in text.stdout
+    page = cli(policy, "plan", "show", str(plan), "--format", "html")
+    assert page.stdout.startswith("<!DOCTYPE html>") and "B. Jansen" in page.stdout and "<script" not in page.stdout
+
+
+def test_plan_writes_nothing_and_requires_an_output(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(sqlite_db, tmp_path)
+    before = unchanged_witness(sqlite_db)
+    out = cli(policy, "plan")
+    assert out.exit_code == 2 and "-o PLAN" in out.stderr
+    make_plan(policy, tmp_path / "p.plan")
+    assert unchanged_witness(sqlite_db) == before
+    assert not audit_path(policy).exists()
