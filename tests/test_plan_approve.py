@@ -295,3 +295,43 @@ def test_plan_writes_nothing_and_requires_an_output(sqlite_db: TestDatabase, tmp
     make_plan(policy, tmp_path / "p.plan")
     assert unchanged_witness(sqlite_db) == before
     assert not audit_path(policy).exists()
+
+
+def test_a_planned_parent_waits_for_a_child_row_the_plan_does_not_cover(db: TestDatabase, tmp_path: Path) -> None:
+    """Orders run first; an order that became due after the plan stays (nobody approved it), so
+    its account, planned for deletion, is skipped instead of deleted under it."""
+    policy = setup(db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO orders (id, account_id, placed_at) VALUES (50, 1, :d)"),
+                     {"d": dt.datetime(2015, 6, 1)})
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM orders WHERE id = 50") == 1
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 1") == 1
+    assert run.policy("accounts")["skipped_keys"] == 1 and run.policy("orders")["skipped_keys"] == 0
+
+
+def test_audit_show_names_the_plan_and_who_approved_it(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(sqlite_db, tmp_path)
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan, by="C. Bakker")
+    sha = shown(policy, plan)["plan"]
+    assert run_cli(policy, "--plan", str(plan)).exit_code == 0
+    out = cli(policy, "audit", "show")
+    assert out.exit_code == 0, out
+    assert f"Applied plan {sha[:16]}, approved by C. Bakker (DPO)" in out.stdout
+    assert "approve-" not in out.stdout  # an approval is no run
+    data = json.loads(cli(policy, "audit", "show", "--format", "json").stdout)
+    [run] = data["runs"]
+    assert run["plan"] == sha and run["approvals"][0]["approver"] == "C. Bakker"
+
+
+def test_approval_takes_only_none_or_required(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(sqlite_db, tmp_path, [{**ACCOUNTS, "approval": "yes"}])
+    out = cli(policy, "validate")
+    assert out.exit_code == 2
+    assert "approval" in out.stderr and "none, required" in out.stderr

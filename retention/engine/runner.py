@@ -301,6 +301,9 @@ def execute_run(
                             outcome.error = (f"{reid.failure()}; nothing done. Generalise or null the kept columns, "
                                              "detach or delete the linking rows, or set reidentification: warn "
                                              "(docs/policy-file.md)")
+                    if dry_run and plan.policy.approval == "required":
+                        outcome.warnings.append("approval: required: a real run applies this policy only from an "
+                                                "approved plan (retention plan / approve / run --plan)")
                     if outcome.status == "ok" and dry_run:
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
@@ -337,7 +340,13 @@ def execute_run(
                         held_reasons=outcome.held_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
-                        **({"reidentification": outcome.reidentification} if outcome.reidentification else {}))
+                        **({"reidentification": outcome.reidentification} if outcome.reidentification else {}),
+                        **({"plan": outcome.plan, "planned_keys": outcome.planned,
+                            "skipped_keys": outcome.skipped_keys} if outcome.plan else {}))
+            if restrict is not None:
+                # What it removed is gone; its rows still here (skipped, or due but never approved)
+                # stay, so a later policy's rows they point at must wait (Plan.removed_earlier).
+                plan.blocked_by_guard = True
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
                      unreadable=outcome.unreadable,
