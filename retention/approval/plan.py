@@ -181,7 +181,8 @@ def document(model: PolicyFile, moment: pendulum.DateTime, databases: dict[str, 
 # -- the file ------------------------------------------------------------------------------------
 def write(path: Path, doc: dict[str, Any]) -> None:
     """Written whole to a temporary file and renamed: an approval never leaves half a plan."""
-    data = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=False).encode("utf-8") + b"\n"
+    # Compact: `retention plan show` is how a person reads it.
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
     if path.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
     tmp = path.with_name(path.name + ".tmp")

@@ -116,6 +116,11 @@ class Executor:
                     if chunk is None:
                         return
                     query = query.where(dialects.key_in(key, chunk, self.dialect))
+                    if all(type(k) is int for k in (chunk[0], chunk[-1])):
+                        # The chunk's range on the key as well: the planner then reaches the rows
+                        # by key even where the `after` index is steered off (Plan.scan). Integers
+                        # only: text keys sort differently in Python and in a collation.
+                        query = query.where(key >= chunk[0], key <= chunk[-1])
                 elif last is not None:
                     query = query.where(key > last)
                 query = query.order_by(key).limit(size)
