@@ -32,8 +32,8 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
-2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock.
+2 invalid input (nothing touched), 3 a safety guard blocked a policy (or it
+awaits approval, or a --plan was refused), 4 another run holds the lock.
 """
 
 

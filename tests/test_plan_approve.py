@@ -335,3 +335,44 @@ def test_approval_takes_only_none_or_required(sqlite_db: TestDatabase, tmp_path:
     out = cli(policy, "validate")
     assert out.exit_code == 2
     assert "approval" in out.stderr and "none, required" in out.stderr
+
+
+@pytest.fixture
+def endpoint() -> Any:
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/ping/abc", seen
+    server.shutdown()
+
+
+def test_the_monitor_hears_a_policy_awaiting_approval(sqlite_db: TestDatabase, tmp_path: Path,
+                                                      endpoint: tuple[str, list[str]]) -> None:
+    import yaml
+
+    url, seen = endpoint
+    policy = setup(sqlite_db, tmp_path, [{**ACCOUNTS, "approval": "required"}])
+    doc = yaml.safe_load(policy.read_text(encoding="utf-8"))
+    policy.write_text(yaml.safe_dump(doc | {"monitor": {"url": url}}, sort_keys=False), encoding="utf-8")
+    assert run_cli(policy).exit_code == 3
+    assert seen == ["/ping/abc/start", "/ping/abc/fail"]
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    seen.clear()
+    assert run_cli(policy, "--plan", str(plan)).exit_code == 0
+    assert seen == ["/ping/abc/start", "/ping/abc"]
