@@ -376,3 +376,48 @@ def test_the_monitor_hears_a_policy_awaiting_approval(sqlite_db: TestDatabase, t
     seen.clear()
     assert run_cli(policy, "--plan", str(plan)).exit_code == 0
     assert seen == ["/ping/abc/start", "/ping/abc"]
+
+
+ANONYMISE = {
+    "name": "accounts", "table": "accounts", "after": "deregistered_at", "retain": "24 months",
+    "action": "anonymise", "exclude": {"legal_hold": True}, "max_fraction": 1, "reidentification": "warn",
+    "fields": {"name": None}, "keep": {"deregistered_at": "the term's event", "legal_hold": "hold flag"},
+}
+
+
+def test_an_anonymise_policy_anonymises_only_the_planned_keys(db: TestDatabase, tmp_path: Path) -> None:
+    policy = setup(db, tmp_path, [ANONYMISE])
+    due = ids(db.engine, "SELECT id FROM accounts WHERE deregistered_at <= '2024-11-24 03:00:00' "
+                         "AND legal_hold = :f AND name IS NOT NULL", f=false(db))
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    with db.engine.begin() as conn:  # one more due after the plan, one held since
+        conn.execute(sa.text("UPDATE accounts SET deregistered_at = :d WHERE id = 30"), {"d": dt.datetime(2021, 1, 1)})
+        conn.execute(sa.text("UPDATE accounts SET legal_hold = :t WHERE id = 4"), {"t": True})
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NULL") == due - {4}
+    assert run.policy("accounts")["skipped_keys"] == 1 and run.policy("accounts")["applied"] == len(due) - 1
+
+
+def test_a_planned_anonymisation_is_not_turned_into_a_deletion(db: TestDatabase, tmp_path: Path) -> None:
+    """on_referenced: anonymise: account 2 is planned for anonymisation (its 2021 order stays);
+    the order goes after the approval, so tonight the engine would delete the account: the plan
+    approved an anonymisation, so the account is skipped, not deleted."""
+    accounts = {**ACCOUNTS, "on_referenced": "anonymise", "reidentification": "warn", "fields": {"name": None},
+                "keep": {"deregistered_at": "the term's event", "legal_hold": "hold flag"}}
+    policy = setup(db, tmp_path, [accounts])
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    doc = shown(policy, plan)
+    assert doc["policies"][0]["counts"]["anonymise"] == 3  # accounts 1, 2, 3: each with an order that stays
+    approve(policy, plan)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM orders WHERE id = 2"))
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 2") == 1
+    assert scalar(db.engine, "SELECT name FROM accounts WHERE id = 2") == "n2"
+    assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NULL") == {1, 3}
+    assert run.policy("accounts")["skipped_keys"] == 1

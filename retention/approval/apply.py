@@ -117,6 +117,8 @@ class ApprovedPlan:
     doc: dict[str, Any]
     approvals: list[dict[str, Any]]
     keys: dict[str, list[Any]] = field(default_factory=dict)
+    # Per policy, the keys the plan anonymises (of ``keys``); the others it deletes.
+    anonymise: dict[str, set[Any]] = field(default_factory=dict)
 
     @property
     def policy_names(self) -> list[str]:
@@ -157,6 +159,7 @@ def load_for_run(path: Path, model: PolicyFile, audit_path: Path, *,
                           "make and approve a new plan")
     by_name = {p.name: p for p in model.policies}
     keys: dict[str, list[Any]] = {}
+    anonymise: dict[str, set[Any]] = {}
     for pk in planfile.policies(doc, path):
         policy = by_name.get(pk.name)
         if policy is None:
@@ -166,7 +169,9 @@ def load_for_run(path: Path, model: PolicyFile, audit_path: Path, *,
             raise PlanRefused(f"plan {path}: policy {pk.name!r}: its rule changed since the plan "
                               f"({', '.join(changed) or 'digest'}); make and approve a new plan")
         keys[pk.name] = pk.to_apply
-    return ApprovedPlan(path, sha, doc, approvals, keys)
+        # Only a delete policy has both fates (on_referenced: anonymise) to tell apart.
+        anonymise[pk.name] = set(pk.fates["anonymise"]) if policy.action == "delete" else set()
+    return ApprovedPlan(path, sha, doc, approvals, keys, anonymise)
 
 
 def _ident(ident: dict[str, Any]) -> str:

@@ -70,12 +70,16 @@ class Executor:
     def __init__(self, plan: Plan, engine: sa.Engine, audit: AuditSink, run_id: str,
                  batch_ids: Callable[[], int], fakes: FakePool, marker_value: Any,
                  progress: Progress | None = None, restrict: list[Any] | None = None,
-                 tag: dict[str, Any] | None = None) -> None:
+                 tag: dict[str, Any] | None = None, planned_anonymise: set[Any] | None = None) -> None:
         self.plan, self.engine, self.audit, self.run_id = plan, engine, audit, run_id
         # An approved plan's keys (sorted): only these may be selected, batch by batch, and
         # every audit entry carries ``tag`` (the plan's SHA-256).
         self.restrict = restrict
         self.tag = tag or {}
+        # With ``restrict``: the keys the plan anonymises (the others it deletes). A key is only
+        # changed with the fate that was approved: a planned anonymisation whose row is no
+        # longer referenced is not deleted instead (nor the other way round); it is skipped.
+        self.planned_anonymise = planned_anonymise
         self.next_batch = batch_ids
         self.fakes = fakes
         self.marker_value = marker_value
@@ -188,10 +192,13 @@ class Executor:
             return entries
         blocked = plan.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=self.dialect))
         free = [k for k in keys if k not in blocked] if blocked else keys
+        planned = self.planned_anonymise
+        if planned is not None and planned:
+            free = [k for k in free if k not in planned]
         if free:
             entries.append(self._delete(conn, free))
         if plan.policy.on_referenced == "anonymise":
-            todo = [k for k in keys if blocked.get(k)]
+            todo = [k for k in keys if blocked.get(k) and (planned is None or k in planned)]
             if todo:
                 entries.append(self._anonymise(conn, todo))
         return entries

@@ -318,7 +318,9 @@ def execute_run(
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
                     applied = Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
                                        moment.in_timezone(model.timezone).naive(), bar, restrict=restrict,
-                                       tag={"plan": approved.sha256} if restrict is not None else None).run()  # type: ignore[union-attr]
+                                       tag={"plan": approved.sha256} if restrict is not None else None,  # type: ignore[union-attr]
+                                       planned_anonymise=approved.anonymise.get(plan.policy.name) if approved else None,
+                                       ).run()
                     if restrict is not None:
                         outcome.skipped_keys = len(restrict) - applied.deleted - applied.anonymised
                     outcome.applied = applied.deleted if plan.policy.action == "delete" else applied.anonymised
