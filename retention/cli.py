@@ -377,7 +377,8 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
         if dry_run:
             raise UsageError("--plan applies an approved plan; to see it, use: retention plan show PLAN")
         max_age = apply.parse_max_age(plan_max_age)
-        approved = apply.load_for_run(Path(plan_path), model, Path(model.audit.path), max_age=max_age)
+        key = _audit_key(model.audit.key_env, required=True, where=f"{state.policy_path}: ")
+        approved = apply.load_for_run(Path(plan_path), model, Path(model.audit.path), max_age=max_age, key=key)
         wrong = [n for n in policy_names if n not in approved.keys]
         if wrong:
             raise UsageError(f"--policy {', '.join(map(repr, wrong))}: not in the plan {plan_path}")

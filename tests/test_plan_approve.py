@@ -421,3 +421,33 @@ def test_a_planned_anonymisation_is_not_turned_into_a_deletion(db: TestDatabase,
     assert scalar(db.engine, "SELECT name FROM accounts WHERE id = 2") == "n2"
     assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NULL") == {1, 3}
     assert run.policy("accounts")["skipped_keys"] == 1
+
+
+def test_an_approval_forged_into_a_keyed_log_does_not_count(sqlite_db: TestDatabase, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edit the plan, then append a plan.approved line for the new content without the chain's
+    key: its hash does not verify, so the plan counts as unapproved."""
+    import hashlib
+
+    monkeypatch.setenv("PLAN_TEST_KEY", "secret")
+    policy = setup(sqlite_db, tmp_path)
+    text = policy.read_text(encoding="utf-8").replace("  path: audit/retention.jsonl",
+                                                      "  path: audit/retention.jsonl\n  key_env: PLAN_TEST_KEY")
+    policy.write_text(text, encoding="utf-8")
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    _tamper(plan, "key")
+    sha = shown(policy, plan)["plan"]
+    log = audit_path(policy)
+    last = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+    forged = {**last, "plan": sha, "seq": last["seq"] + 1, "prev": last["hash"]}
+    body = {k: v for k, v in forged.items() if k != "hash"}
+    forged["hash"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    with log.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(forged, sort_keys=True, separators=(",", ":")) + "\n")
+    before = unchanged_witness(sqlite_db)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 3, run
+    assert "edited after approval" in run.stderr
+    assert unchanged_witness(sqlite_db) == before

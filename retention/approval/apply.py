@@ -95,15 +95,18 @@ def check_consistent(path: Path, doc: dict[str, Any]) -> None:
                                   "make a new plan (retention plan)")
 
 
-def approvals_in_log(audit_path: Path, sha: str) -> list[dict[str, Any]]:
+def approvals_in_log(audit_path: Path, sha: str, key: bytes | None = None) -> list[dict[str, Any]]:
+    """The ``plan.approved`` entries naming ``sha`` whose own hash is right (with the chain's
+    key, when it is keyed: a line appended by someone without the key does not count)."""
     if not audit_path.exists():
         return []
     needle = sha.encode()
     found = []
     for _n, raw in audit.read_raw_lines(audit_path):
         if needle in raw and b'"plan.approved"' in raw:
-            entry = audit._parse(raw.rstrip(b"\r\n"))
-            if isinstance(entry, dict) and entry.get("event") == "plan.approved" and entry.get("plan") == sha:
+            entry, problem = audit._check_line(raw, key)
+            if (problem is None and entry is not None and entry.get("event") == "plan.approved"
+                    and entry.get("plan") == sha):
                 found.append(entry)
     return found
 
@@ -135,12 +138,12 @@ def parse_max_age(text: str) -> pendulum.Duration:
 
 
 def load_for_run(path: Path, model: PolicyFile, audit_path: Path, *,
-                 max_age: pendulum.Duration = DEFAULT_MAX_AGE) -> ApprovedPlan:
+                 max_age: pendulum.Duration = DEFAULT_MAX_AGE, key: bytes | None = None) -> ApprovedPlan:
     """The plan at ``path``, if it may be applied with this policy file tonight; else PlanRefused."""
     doc = planfile.read(path)
     sha = planfile.content_sha256(doc)
     check_consistent(path, doc)
-    approvals = approvals_in_log(audit_path, sha)
+    approvals = approvals_in_log(audit_path, sha, key)
     if not approvals:
         listed = bool(doc.get("approvals"))
         raise PlanRefused(
