@@ -382,7 +382,11 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
         wrong = [n for n in policy_names if n not in approved.keys]
         if wrong:
             raise UsageError(f"--policy {', '.join(map(repr, wrong))}: not in the plan {plan_path}")
-        policy_names = tuple(policy_names) or tuple(approved.policy_names)
+        # With --database, the plan's policies on that database (a plan may span a fleet).
+        on_db = {p.name for p in model.policies if chosen is None or model.database_of(p) == chosen}
+        policy_names = tuple(policy_names) or tuple(n for n in approved.policy_names if n in on_db)
+        if not policy_names:
+            raise UsageError(f"--plan {plan_path}: no policy of the plan is on database {chosen!r}")
     progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
     return runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,

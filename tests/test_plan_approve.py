@@ -451,3 +451,37 @@ def test_an_approval_forged_into_a_keyed_log_does_not_count(sqlite_db: TestDatab
     assert run.exit_code == 3, run
     assert "edited after approval" in run.stderr
     assert unchanged_witness(sqlite_db) == before
+
+
+def test_a_plan_over_two_databases_is_approved_in_each_log_and_applied_per_database(
+        db_factory: Any, tmp_path: Path) -> None:
+    import yaml
+
+    a, b = db_factory("sqlite"), db_factory("postgresql")
+    for d in (a, b):
+        build(d.engine)
+    doc = {
+        "version": 1, "timezone": "Europe/Amsterdam",
+        "databases": {"alpha": {"url": a.url, "purge": "none"}, "beta": {"url": b.url, "purge": "none"}},
+        "audit": {"path": "audit/{database}.jsonl"},
+        "policies": [{**ACCOUNTS, "name": "accounts_alpha", "database": "alpha"},
+                     {**ACCOUNTS, "name": "accounts_beta", "database": "beta"}],
+    }
+    policy = tmp_path / "fleet.yaml"
+    policy.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    for name in ("alpha", "beta"):  # {database} in audit.path: one plan per database
+        out = cli(policy, "plan", "-o", str(tmp_path / f"{name}.plan"), "--as-of", AS_OF, "--database", name)
+        assert out.exit_code == 0, out
+    plan = tmp_path / "beta.plan"
+    approve(policy, plan)
+    assert (tmp_path / "audit/beta.jsonl").exists() and not (tmp_path / "audit/alpha.jsonl").exists()
+    due_b = ids(b.engine, DUE_ACCOUNTS_SQL.replace("> '2019-11-24 03:00:00'", "IS NOT NULL"), f=False)
+    before_a = unchanged_witness(a)
+    run = run_cli(policy, "--plan", str(plan), "--database", "beta")
+    assert run.exit_code == 0, run
+    assert ids(b.engine, "SELECT id FROM accounts") & due_b == set() and due_b
+    assert unchanged_witness(a) == before_a
+    # The beta plan is not approved in alpha's log, and is not alpha's plan anyway.
+    refused = run_cli(policy, "--plan", str(plan), "--database", "alpha")
+    assert refused.exit_code == 3, refused
+    assert unchanged_witness(a) == before_a
