@@ -112,7 +112,9 @@ def render_html(doc: dict[str, Any], sha: str, path: Path, show_keys: int = 10) 
         cascaded = ", ".join(f"{_n(v)} {k}" for k, v in c.get("cascaded", {}).items()) or "-"
         out.append(f"<tr><td><b>{e(p['name'])}</b><br><span class=\"small\">{e(p['database'])}.{e(p['table'])}"
                    f"</span></td><td class=\"small\">{e(_rule_line(p['rule']))}<br>cut-off {e(p['cutoff'])}</td>"
-                   + "".join(f"<td>{_n(c[k])}</td>" for k in ("due", "held", "delete", "anonymise", "defer"))
+                   # A no-break space between thousands: a narrow column must not split a number.
+                   + "".join(f"<td>{_n(c[k])}</td>".replace(" ", "\u00a0")
+                             for k in ("due", "held", "delete", "anonymise", "defer"))
                    + f"<td>{e(cascaded)}</td></tr>")
         for fate in planfile.FATES:
             keys = pk.fates[fate]
