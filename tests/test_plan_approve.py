@@ -485,3 +485,20 @@ def test_a_plan_over_two_databases_is_approved_in_each_log_and_applied_per_datab
     refused = run_cli(policy, "--plan", str(plan), "--database", "alpha")
     assert refused.exit_code == 3, refused
     assert unchanged_witness(a) == before_a
+
+
+def test_a_plan_that_looks_ahead_never_removes_a_row_before_its_term(db: TestDatabase, tmp_path: Path) -> None:
+    """A plan made --as-of a future day lists rows due by then; the run applies only those
+    due tonight (account 30 reaches its term on 2027-03-01, after tonight)."""
+    policy = setup(db, tmp_path)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE accounts SET deregistered_at = :d WHERE id = 30"), {"d": dt.datetime(2025, 3, 1)})
+    plan = tmp_path / "ahead.plan"
+    out = cli(policy, "plan", "-o", str(plan), "--as-of", "2027-06-01")
+    assert out.exit_code == 0, out
+    approve(policy, plan)
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 30") == 1
+    assert run.policy("accounts")["skipped_keys"] >= 1
+    assert 30 not in {k for b in entries(policy, "batch") for k in b["keys"]}
