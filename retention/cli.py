@@ -690,7 +690,8 @@ def audit_find(state: _State, policy: str, key: str, table: str | None, log: str
               help="Write the plan to PLAN (gzip'd when it ends in .gz).")
 @click.option("--policy", "policy_names", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
 @click.option("--as-of", "as_of", metavar="DATE",
-              help="Plan as if now were DATE (ISO 8601); a run applies only what is due by then.")
+              help="Plan as if now were DATE (ISO 8601; may be ahead): the run still applies only what "
+                   "is due when it runs.")
 @_database_options
 @_global_options()
 @click.pass_context
