@@ -502,3 +502,27 @@ def test_a_plan_that_looks_ahead_never_removes_a_row_before_its_term(db: TestDat
     assert scalar(db.engine, "SELECT count(*) FROM accounts WHERE id = 30") == 1
     assert run.policy("accounts")["skipped_keys"] >= 1
     assert 30 not in {k for b in entries(policy, "batch") for k in b["keys"]}
+
+
+def test_text_keys_are_planned_and_applied_exactly(db: TestDatabase, tmp_path: Path) -> None:
+    md = sa.MetaData()
+    sessions = sa.Table("sessions", md, sa.Column("id", sa.String(20), primary_key=True),
+                        sa.Column("ended_at", sa.DateTime, nullable=False))
+    md.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(sessions.insert(), [{"id": f"s-{i:03d}", "ended_at": dt.datetime(2026 if i % 3 else 2020, 1, 1)}
+                                         for i in range(60)])
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "sessions", "table": "sessions", "after": "ended_at", "retain": "1 year", "action": "delete",
+         "max_fraction": 1, "batch_size": 7}])
+    due = ids(db.engine, "SELECT id FROM sessions WHERE ended_at <= '2025-11-24 03:00:00'")
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    with db.engine.begin() as conn:  # due tonight, not in the plan
+        conn.execute(sessions.insert(), [{"id": "s-late", "ended_at": dt.datetime(2020, 1, 1)}])
+    run = run_cli(policy, "--plan", str(plan))
+    assert run.exit_code == 0, run
+    assert run.policy("sessions")["applied"] == len(due) == 20
+    assert ids(db.engine, "SELECT id FROM sessions") & due == set()
+    assert scalar(db.engine, "SELECT count(*) FROM sessions WHERE id = 's-late'") == 1
