@@ -8,6 +8,7 @@ each fate: the file holds them all.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ def _rule_line(rule: dict[str, Any]) -> str:
         value = rule.get(name)
         if value in (None, {}, [], "none") and name not in ("retain", "action"):
             continue
+        if isinstance(value, dict):  # as the policy file writes it, not as Python prints it
+            value = "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in value.items()) + "}"
+        elif isinstance(value, list):
+            value = "[" + ", ".join(map(str, value)) + "]"
         parts.append(f"{name}: {value}")
     return "; ".join(parts)
 
