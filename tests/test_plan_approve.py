@@ -240,6 +240,9 @@ def test_a_plan_older_than_the_max_age_is_refused(db: TestDatabase, tmp_path: Pa
 def test_approval_required_waits_for_a_plan_and_runs_from_one(db: TestDatabase, tmp_path: Path) -> None:
     policy = setup(db, tmp_path, [ORDERS, {**ACCOUNTS, "approval": "required"}])
     accounts_before = ids(db.engine, "SELECT id FROM accounts")
+    preview = run_cli(policy, "--dry-run")
+    assert preview.exit_code == 0, preview
+    assert any("approval: required" in w for w in preview.policy("accounts")["warnings"])
     run = run_cli(policy)
     assert run.exit_code == 3, run
     assert run.data["status"] == "awaiting approval"
