@@ -529,3 +529,32 @@ def test_text_keys_are_planned_and_applied_exactly(db: TestDatabase, tmp_path: P
     assert run.policy("sessions")["applied"] == len(due) == 20
     assert ids(db.engine, "SELECT id FROM sessions") & due == set()
     assert scalar(db.engine, "SELECT count(*) FROM sessions WHERE id = 's-late'") == 1
+
+
+def test_a_plan_made_on_another_database_is_refused(db_factory: Any, tmp_path: Path) -> None:
+    """Same name in the policy file, another database behind it (a copy): refused, untouched."""
+    a, b = db_factory("sqlite"), db_factory("sqlite")
+    build(a.engine)
+    build(b.engine)
+    policy = write_policies(tmp_path / "policies.yaml", a.url, [ACCOUNTS])
+    plan = tmp_path / "night.plan"
+    make_plan(policy, plan)
+    approve(policy, plan)
+    text = policy.read_text(encoding="utf-8").replace(a.url, b.url)
+    other = tmp_path / "other.yaml"
+    other.write_text(text, encoding="utf-8")
+    # Same content apart from the URL: the policy file's hash differs, so check the database
+    # identity on its own by giving the plan the other file's hash.
+    doc = json.loads(plan.read_text(encoding="utf-8"))
+    before = unchanged_witness(b)
+    from retention.policy import loader
+
+    doc["policy_file_sha256"] = loader.load(other).source_sha256
+    doc["approvals"] = []
+    plan.write_text(json.dumps(doc), encoding="utf-8")
+    out = cli(other, "approve", str(plan), "--by", "A. de Vries")
+    assert out.exit_code == 0, out
+    run = run_cli(other, "--plan", str(plan))
+    assert run.exit_code == 3, run
+    assert "is not the one planned" in run.stderr
+    assert unchanged_witness(b) == before

@@ -191,6 +191,9 @@ def check_databases(approved: ApprovedPlan, connected: Any) -> None:
             conn.rollback()
     for name, ident in approved.doc["databases"].items():
         here = now.get(name)
-        if here is not None and any(here.get(k) != v for k, v in ident.items()):
+        # The URL's parts always; what the server says only where both times could ask it
+        # (a plan made by a superuser, applied by a role that cannot read the system identifier).
+        base = ("dialect", "host", "port", "database")
+        if here is not None and any(here.get(k) != v for k, v in ident.items() if k in base or k in here):
             raise PlanRefused(f"plan {approved.path}: database {name!r} is not the one planned "
                               f"({_ident(ident)}; now {_ident(here)})")
