@@ -32,10 +32,10 @@ Before a policy goes live, `retention run --dry-run` shows what would happen.
 
 \b
 Exit codes: 0 ok (also: nothing due), 1 failed part-way (re-run finishes),
-2 invalid input (nothing touched), 3 a safety guard blocked a policy,
-4 another run holds the lock, 5 purge pending (all enforced; next run
-retries). A configured monitor hears every real run's end: URL on success,
-URL/<exit code> otherwise.
+2 invalid input (nothing touched), 3 a safety guard blocked a policy (or it
+awaits approval, or a --plan was refused), 4 another run holds the lock,
+5 purge pending (all enforced; next run retries). A configured monitor hears
+every real run's end: URL on success, URL/<exit code> otherwise.
 """
 
 
@@ -314,6 +314,11 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
               help="Accept this policy's rule change since its last real run (repeatable; audited).")
 @click.option("--record", is_flag=True,
               help="With --dry-run: append one `preview` entry (counts, no keys) to the audit log.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), metavar="PLAN",
+              help="Apply an approved plan: only its keys that are still due, only its policies "
+                   "(retention plan / approve).")
+@click.option("--plan-max-age", "plan_max_age", default="7d", show_default=True, metavar="AGE",
+              help="Refuse a plan made longer ago than AGE (e.g. 7d, 36h, 90m).")
 @click.option("--metrics-file", "metrics_file", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write Prometheus metrics (node exporter textfile format) to PATH, atomically; "
                    "also on a failed night. Not with --dry-run.")
@@ -323,7 +328,8 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @_guard
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
         output: str | None, keys_file: str | None, force: bool, accept_changes: tuple[str, ...], record: bool,
-        metrics_file: str | None, database: str | None, database_index: int | None) -> None:
+        plan_path: str | None, plan_max_age: str, metrics_file: str | None, database: str | None,
+        database_index: int | None) -> None:
     """Enforce the policies (or preview them with --dry-run).
 
     \b
@@ -334,6 +340,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
       retention run --dry-run --keys keys.csv      every key and its fate
       retention --log-format json run --format json   the nightly job
       retention run --database-index 2             the third database only (a fleet)
+      retention run --plan night.plan              exactly what a person approved
 
     A dry run takes no lock and writes nothing (not even to the audit log, unless --record).
     """
@@ -350,7 +357,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
     started = time.monotonic()
     try:
         result = _run(state, dry_run, policy_names, as_of, force, database, database_index, record,
-                      Path(keys_file) if keys_file else None, accept_changes)
+                      Path(keys_file) if keys_file else None, accept_changes, plan_path, plan_max_age)
     except Exception as exc:
         # The runner pings the ends of the runs it finishes; these never got that far.
         if not dry_run:
@@ -385,7 +392,7 @@ def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str 
 
 def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, force: bool,
          database: str | None, database_index: int | None, record: bool, keys_file: Path | None,
-         accept_changes: tuple[str, ...] = ()) -> Any:
+         accept_changes: tuple[str, ...] = (), plan_path: str | None = None, plan_max_age: str = "7d") -> Any:
     from retention.engine import runner
     from retention.policy import dates
 
@@ -398,11 +405,29 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
             moment = dates.parse_as_of(as_of, model.timezone)
         except dates.PeriodError as exc:
             raise UsageError(str(exc)) from None
+    approved = None
+    if plan_path:
+        from retention.approval import apply
+
+        if dry_run:
+            raise UsageError("--plan applies an approved plan; to see it, use: retention plan show PLAN")
+        max_age = apply.parse_max_age(plan_max_age)
+        key = _audit_key(model.audit.key_env, required=True, where=f"{state.policy_path}: ")
+        approved = apply.load_for_run(Path(plan_path), model, Path(model.audit.path), max_age=max_age, key=key)
+        wrong = [n for n in policy_names if n not in approved.keys]
+        if wrong:
+            raise UsageError(f"--policy {', '.join(map(repr, wrong))}: not in the plan {plan_path}")
+        # With --database, the plan's policies on that database (a plan may span a fleet).
+        on_db = {p.name for p in model.policies if chosen is None or model.database_of(p) == chosen}
+        policy_names = tuple(policy_names) or tuple(n for n in approved.policy_names if n in on_db)
+        if not policy_names:
+            raise UsageError(f"--plan {plan_path}: no policy of the plan is on database {chosen!r}")
     progress = _progress_factory() if (not dry_run and not state.quiet and sys.stdout.isatty()) else None
     return runner.execute_run(
         model, dry_run=dry_run, as_of=moment, policy_names=policy_names, database=chosen, force=force,
         progress=progress, record=record, keys_file=keys_file, accept_changes=accept_changes,
         audit_key=_audit_key(model.audit.key_env, required=not dry_run or record, where=f"{state.policy_path}: "),
+        approved=approved,
     )
 
 
@@ -928,6 +953,125 @@ def replay(state: _State, since: str | None, dry_run: bool, as_of: str | None, f
         for line in replayer.render_text(result):
             click.echo(line)
     _exit(result.exit_code)
+
+
+@main.group(invoke_without_command=True)
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), metavar="PLAN",
+              help="Write the plan to PLAN (gzip'd when it ends in .gz).")
+@click.option("--policy", "policy_names", multiple=True, metavar="NAME", help="Only this policy (repeatable).")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="Plan as if now were DATE (ISO 8601; may be ahead): the run still applies only what "
+                   "is due when it runs.")
+@_database_options
+@_global_options()
+@click.pass_context
+def plan(ctx: click.Context, output: str | None, policy_names: tuple[str, ...], as_of: str | None,
+         database: str | None, database_index: int | None) -> None:
+    """Write the keys tonight's run would change, for a person to approve (read-only).
+
+    \b
+    Examples:
+      retention plan -o night.plan                 every policy, as of now
+      retention plan show night.plan               read it (--format html: printable)
+      retention approve night.plan --by "A. de Vries" --role DPO
+      retention run --plan night.plan              apply exactly that
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _plan_write(output, policy_names, as_of, database, database_index)
+
+
+@_guard
+def _plan_write(output: str | None, policy_names: tuple[str, ...], as_of: str | None, database: str | None,
+                database_index: int | None) -> None:
+    from retention.approval import apply
+    from retention.approval import plan as planfile
+    from retention.policy import dates
+    from retention.reports import plan as report
+
+    state: _State = click.get_current_context().ensure_object(_State)
+    if not output:
+        raise UsageError("retention plan: give the file to write with -o PLAN (or: retention plan show PLAN)")
+    model = state.load()
+    chosen = _pick_database(model, database, database_index)
+    model = _for_database(model, chosen)
+    moment = None
+    if as_of:
+        try:
+            moment = dates.parse_as_of(as_of, model.timezone)
+        except dates.PeriodError as exc:
+            raise UsageError(str(exc)) from None
+    started = time.monotonic()
+    doc = apply.make(model, as_of=moment, policy_names=policy_names, database=chosen)
+    path = Path(output)
+    planfile.write(path, doc)
+    if not state.quiet:
+        click.echo(report.render_text(doc, planfile.content_sha256(doc), path), nl=False)
+        click.echo(f"written to {path} ({path.stat().st_size} bytes, {time.monotonic() - started:.1f} s); "
+                   f"approve it with: retention approve {path} --by NAME", err=True)
+
+
+@plan.command("show")
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "html", "json"]), default="text", show_default=True,
+              help="text, a printable HTML page, or the counts as JSON (no keys).")
+@click.option("--keys", "show_keys", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="Show the first N keys of each fate (text and html).")
+@_global_options()
+@click.pass_obj
+@_guard
+def plan_show(state: _State, plan_path: str, fmt: str, show_keys: int) -> None:
+    """Show a plan: its moment, rules, databases, counts, keys and approvals."""
+    from retention.approval import plan as planfile
+    from retention.reports import plan as report
+
+    path = Path(plan_path)
+    doc = planfile.read(path)
+    sha = planfile.content_sha256(doc)
+    if fmt == "html":
+        click.echo(report.render_html(doc, sha, path, show_keys), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(report.as_json(doc, sha), indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.render_text(doc, sha, path, show_keys), nl=False)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--by", "by", required=True, metavar="NAME", help="Who approves (recorded in the audit log).")
+@click.option("--role", "role", metavar="ROLE", help="In which role (e.g. DPO).")
+@click.option("--note", "note", metavar="TEXT", help="Why, or on what conditions.")
+@_global_options()
+@click.pass_obj
+@_guard
+def approve(state: _State, plan_path: str, by: str, role: str | None, note: str | None) -> None:
+    """Approve a plan: the audit log records its SHA-256, the approver and the counts.
+
+    \b
+    Example:
+      retention approve night.plan --by "A. de Vries" --role DPO --note "backlog 2024, checked"
+    """
+    from retention.approval import apply
+    from retention.approval import plan as planfile
+
+    if not by.strip():
+        raise UsageError("--by: give the approver's name")
+    path = Path(plan_path)
+    doc = planfile.read(path)
+    model = state.load()
+    if doc["policy_file_sha256"] != model.source_sha256:
+        from retention.approval import PlanRefused
+
+        raise PlanRefused(f"plan {path} was made from another version of {model.source} (SHA-256 "
+                          f"{doc['policy_file_sha256'][:12]}, now {model.source_sha256[:12]}): make a new plan")
+    paths = list(dict.fromkeys(Path(_for_database(model, name).audit.path) for name in doc["databases"]))
+    key = _audit_key(model.audit.key_env, required=True, where=f"{state.policy_path}: ")
+    done = apply.approve(path, doc, paths, key, by=by, role=role, note=note)
+    if not state.quiet:
+        counts = apply.summary_counts(doc)
+        what = "; ".join(f"{n}: " + ", ".join(f"{v} to {f}" for f, v in c.items() if v) for n, c in counts.items())
+        click.echo(f"approved {path} (SHA-256 {done['plan']}) by {by}{f' ({role})' if role else ''}: "
+                   f"{what or 'nothing to change'}")
 
 
 @main.command()

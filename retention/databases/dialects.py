@@ -627,3 +627,27 @@ def registry_table_options() -> dict[str, Any]:
     so a hold and the run that reads it see one consistent state, and full Unicode for the
     reason text a person writes. Other databases ignore ``mysql_`` options."""
     return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+def server_identity(conn: sa.Connection) -> dict[str, Any]:
+    """Where the connection really ends up, as far as the server says so cheaply: a plan made on
+    a staging copy must not be applied to production (or the other way round) by a URL edit.
+
+    PostgreSQL: the cluster's system identifier (superuser or pg_monitor) and the database's
+    OID; MariaDB: the server's host name and port. SQLite: nothing beyond the file name.
+    """
+    dialect = conn.dialect.name
+    out: dict[str, Any] = {}
+    try:
+        if dialect == "postgresql":
+            out["database_oid"] = int(conn.execute(sa.text(
+                "SELECT oid FROM pg_database WHERE datname = current_database()")).scalar_one())
+            with conn.begin_nested():
+                out["system_identifier"] = str(conn.execute(sa.text(
+                    "SELECT system_identifier FROM pg_control_system()")).scalar_one())
+        elif dialect == "mysql":
+            host, port = conn.execute(sa.text("SELECT @@hostname, @@port")).one()
+            out["server"] = f"{host}:{port}"
+    except sa.exc.DBAPIError:
+        pass  # not allowed to ask: the URL's host and database name stay the identity
+    return out

@@ -108,8 +108,17 @@ def kill_point(point: str) -> None:
 class Executor:
     def __init__(self, plan: Plan, engine: sa.Engine, audit: AuditSink, run_id: str,
                  batch_ids: Callable[[], int], fakes: FakePool, marker_value: Any,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, restrict: list[Any] | None = None,
+                 tag: dict[str, Any] | None = None, planned_anonymise: set[Any] | None = None) -> None:
         self.plan, self.engine, self.audit, self.run_id = plan, engine, audit, run_id
+        # An approved plan's keys (sorted): only these may be selected, batch by batch, and
+        # every audit entry carries ``tag`` (the plan's SHA-256).
+        self.restrict = restrict
+        self.tag = tag or {}
+        # With ``restrict``: the keys the plan anonymises (the others it deletes). A key is only
+        # changed with the fate that was approved: a planned anonymisation whose row is no
+        # longer referenced is not deleted instead (nor the other way round); it is skipped.
+        self.planned_anonymise = planned_anonymise
         self.next_batch = batch_ids
         self.fakes = fakes
         self.marker_value = marker_value
@@ -145,10 +154,19 @@ class Executor:
         in_one = (plan.policy.action == "anonymise" and not self._fake_columns()
                   and dialects.updates_next_batch(self.dialect))
         last: Any = None
+        size = plan.policy.batch_size
+        chunks = (iter([self.restrict[i:i + size] for i in range(0, len(self.restrict), size)])
+                  if self.restrict is not None else None)
         while True:
-            done, last, written = retrying(functools.partial(self._batch, in_one, last), self.dialect,
+            chunk = None
+            if chunks is not None:
+                # An approved plan's keys, a batch at a time: only these may be selected.
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return
+            done, last, written = retrying(functools.partial(self._batch, in_one, last, chunk), self.dialect,
                                            self._on_retry, lambda: not self._audited)
-            if done:
+            if done and chunk is None:
                 return
             for batch, entry in written:
                 count = entry.count
@@ -171,15 +189,26 @@ class Executor:
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
 
-    def _batch(self, in_one: bool, last: Any) -> tuple[bool, Any, list[tuple[int, Entry]]]:
-        """One batch in one transaction: (walk finished, last key chosen, audited changes committed)."""
+    def _batch(self, in_one: bool, last: Any, chunk: list[Any] | None = None
+               ) -> tuple[bool, Any, list[tuple[int, Entry]]]:
+        """One batch in one transaction: (walk finished, last key chosen, audited changes committed).
+
+        With ``chunk`` (an approved plan's keys) the batch is those keys that are still due; a
+        plan's key no longer due (held since, or gone) simply is not selected."""
         plan, t, key = self.plan, self.plan.table, self.plan.key
         self._audited = False
         if last is not None:
             kill_point("batch")
         with self.engine.begin() as conn:
             query = sa.select(key).where(plan.due(t))
-            if last is not None:
+            if chunk is not None:
+                query = query.where(dialects.key_in(key, chunk, self.dialect))
+                if all(type(k) is int for k in (chunk[0], chunk[-1])):
+                    # The chunk's range on the key as well: the planner then reaches the rows by
+                    # key even where the `after` index is steered off (Plan.scan). Integers only:
+                    # text keys sort differently in Python and in a collation.
+                    query = query.where(key >= chunk[0], key <= chunk[-1])
+            elif last is not None:
                 query = query.where(key > last)
             query = query.order_by(key).limit(plan.policy.batch_size)
             if in_one:
@@ -207,7 +236,7 @@ class Executor:
                     "batch", self.run_id, policy=plan.policy.name, database=plan.database,
                     table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
                     key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
-                    columns=entry.columns, count=entry.count, cascaded=entry.cascaded,
+                    columns=entry.columns, count=entry.count, cascaded=entry.cascaded, **self.tag,
                 )
                 written.append((batch, entry))
             kill_point("intent")
@@ -263,10 +292,13 @@ class Executor:
             return entries
         blocked = plan.blocked_among(conn, keys, functools.partial(dialects.key_in, keys=keys, dialect=self.dialect))
         free = [k for k in keys if k not in blocked] if blocked else keys
+        planned = self.planned_anonymise
+        if planned is not None and planned:
+            free = [k for k in free if k not in planned]
         if free:
             entries.append(self._delete(conn, free))
         if plan.policy.on_referenced == "anonymise":
-            todo = [k for k in keys if blocked.get(k)]
+            todo = [k for k in keys if blocked.get(k) and (planned is None or k in planned)]
             if todo:
                 entries.append(self._anonymise(conn, todo))
         return entries

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pendulum
 import sqlalchemy as sa
@@ -48,6 +48,9 @@ from retention.errors import (
 from retention.logs import get_logger
 from retention.policy.dates import cutoff
 from retention.policy.model import Policy, PolicyFile
+
+if TYPE_CHECKING:
+    from retention.approval.apply import ApprovedPlan
 
 log = get_logger("retention.run")
 
@@ -111,6 +114,10 @@ class PolicyOutcome:
     # Anonymising policies only: the re-identification check (reidentification.Reidentification.as_dict).
     reidentification: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # run --plan: the plan's SHA-256, its keys to change, and those of them no longer due tonight.
+    plan: str | None = None
+    planned: int = 0
+    skipped_keys: int = 0
 
 
 @dataclass
@@ -259,6 +266,7 @@ def execute_run(
     record: bool = False,
     keys_file: Path | None = None,
     accept_changes: Sequence[str] = (),
+    approved: ApprovedPlan | None = None,
 ) -> RunResult:
     """Enforce the policies, or preview them (``dry_run``).
 
@@ -276,6 +284,10 @@ def execute_run(
     with ExitStack() as stack:
         connected: Connected = connect_and_check(model, selected, readonly=dry_run, independent=True)
         stack.callback(connected.dispose)
+        if approved is not None:
+            from retention.approval.apply import check_databases
+
+            check_databases(approved, connected)
         run_id = f"{pendulum.now('UTC').format('YYYYMMDD[T]HHmmss[Z]')}-{uuid.uuid4().hex[:8]}"
         # Every log line from here on, errors included, carries the run id (the CLI clears it).
         structlog.contextvars.bind_contextvars(run=run_id)
@@ -320,7 +332,8 @@ def execute_run(
         log_.append(
             "run.start", run_id, policy_file=model.source, policy_file_sha256=model.source_sha256,
             as_of=moment.isoformat(), dry_run=dry_run, user=getpass.getuser(), host=socket.gethostname(),
-            version=__version__, force=force, chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
+            version=__version__, force=force, **({"plan": approved.sha256} if approved else {}),
+            chain=audit.CHAIN_KEYED if audit_key else audit.CHAIN_PLAIN,
             policies=[{
                 "name": pl.policy.name, "database": pl.database, "table": pl.policy.table,
                 "action": pl.policy.action, "retain": str(pl.policy.retain), "align": pl.policy.align,
@@ -352,12 +365,18 @@ def execute_run(
                 continue
             t0 = time.monotonic()
             engine = connected.engines[plan.database]
+            restrict = approved.keys.get(plan.policy.name) if approved else None
+            if restrict is not None:
+                outcome.plan, outcome.planned = approved.sha256, len(restrict)  # type: ignore[union-attr]
+                outcome.skipped_keys = len(restrict)  # until the Executor says how many it changed
             log_.append("policy.start", run_id, policy=plan.policy.name, database=plan.database,
                         table=plan.policy.table, action=plan.policy.action, cutoff=plan.cutoff.isoformat(),
                         basis=plan.policy.basis, dry_run=dry_run)
             try:
                 counts, problem, sample = retrying(
-                    functools.partial(_survey, plan, engine, dry_run, history, ratchet, force),
+                    # An approved plan is the person's decision on exactly these keys: no guard but the
+                    # ratchet weighs it (a changed rule needs its own acceptance).
+                    functools.partial(_survey, plan, engine, dry_run, history, ratchet, force or restrict is not None),
                     engine.dialect.name, functools.partial(_on_retry, log_, run_id, plan))
                 _set_counts(outcome, plan, counts)
                 if not dry_run:  # a real run reports the rows it detached, not the count's estimate
@@ -366,6 +385,14 @@ def execute_run(
                     plan.blocked_by_guard = True
                     outcome.status = "blocked"
                     outcome.error = problem
+                elif not dry_run and restrict is None and plan.policy.approval == "required":
+                    plan.blocked_by_guard = True
+                    outcome.status = "awaiting approval"
+                    outcome.error = ("approval: required: applied only from an approved plan; nothing done "
+                                     "(retention plan / approve / run --plan)")
+                if dry_run and plan.policy.approval == "required":
+                    outcome.warnings.append("approval: required: a real run applies this policy only from an "
+                                            "approved plan (retention plan / approve / run --plan)")
                 if plan.policy.anonymises:
                     _check_reidentification(outcome, engine, plan, plans, model)
                 if dry_run and (outcome.status == "ok" or plan.policy.name in ratchet):
@@ -387,9 +414,14 @@ def execute_run(
                     applied = Applied()
                     try:
                         Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
-                                 moment.in_timezone(model.timezone).naive(), bar).run(applied)
+                                 moment.in_timezone(model.timezone).naive(), bar, restrict=restrict,
+                                 tag={"plan": approved.sha256} if approved and restrict is not None else None,
+                                 planned_anonymise=approved.anonymise.get(plan.policy.name) if approved else None,
+                                 ).run(applied)
                     finally:
                         _set_applied(outcome, applied)
+                        if restrict is not None:
+                            outcome.skipped_keys = len(restrict) - applied.deleted - applied.anonymised
                         if applied.deleted or applied.anonymised:
                             # Also after a failure: committed batches left bytes to purge.
                             touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
@@ -410,7 +442,13 @@ def execute_run(
                         held_reasons=outcome.held_reasons,
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
-                        **({"reidentification": outcome.reidentification} if outcome.reidentification else {}))
+                        **({"reidentification": outcome.reidentification} if outcome.reidentification else {}),
+                        **({"plan": outcome.plan, "planned_keys": outcome.planned,
+                            "skipped_keys": outcome.skipped_keys} if outcome.plan else {}))
+            if restrict is not None:
+                # What it removed is gone; its rows still here (skipped, or due but never approved)
+                # stay, so a later policy's rows they point at must wait (Plan.removed_earlier).
+                plan.blocked_by_guard = True
             log.info("policy", policy=outcome.name, table=outcome.table, action=outcome.action,
                      cutoff=outcome.cutoff, due=outcome.due, held=outcome.held, deferred=outcome.deferred,
                      unreadable=outcome.unreadable,
@@ -457,6 +495,11 @@ def execute_run(
         elif pending:
             result.exit_code, result.status = EXIT_PURGE_PENDING, "purge pending"
             result.message = "purge pending: removed values may still be in the database files; the next run retries"
+        elif any(o.status == "awaiting approval" for o in result.policies):
+            waiting = ", ".join(o.name for o in result.policies if o.status == "awaiting approval")
+            result.exit_code, result.status = EXIT_BLOCKED, "awaiting approval"
+            result.message = (f"awaiting approval: {waiting} (approval: required) applied only from an approved "
+                              "plan (retention plan / approve / run --plan); the others ran")
         duration_s = round(time.monotonic() - started, 3)
         log_.append("run.end", run_id, status=result.status, exit_code=result.exit_code,
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))

@@ -22,6 +22,9 @@ ON_REFERENCED: tuple[str, ...] = ("defer", "anonymise", "detach")
 # it by a foreign key (either way); own: only this policy's own `exclude` holds its rows.
 HOLDS: tuple[str, ...] = ("linked", "own")
 REIDENTIFICATION: tuple[str, ...] = ("enforce", "warn")
+# required: a real run applies the policy only from a plan a person approved (retention plan /
+# approve / run --plan); without one the policy waits, status `awaiting approval`.
+APPROVAL: tuple[str, ...] = ("none", "required")
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -215,6 +218,7 @@ class Policy(_Strict):
     reidentification: str = "enforce"
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    approval: str = "none"
 
     @field_validator("max_fraction", mode="before")
     @classmethod
@@ -274,6 +278,11 @@ class Policy(_Strict):
     @classmethod
     def _on_referenced(cls, v: Any) -> str:
         return _one_of(v, ON_REFERENCED, "on_referenced")
+
+    @field_validator("approval", mode="before")
+    @classmethod
+    def _approval(cls, v: Any) -> str:
+        return _one_of(v, APPROVAL, "approval")
 
     @field_validator("holds", mode="before")
     @classmethod

@@ -78,6 +78,9 @@ class RunSummary:
     first_line: int | None = None
     last_line: int | None = None
     verified: bool | None = None
+    # run --plan: the applied plan's SHA-256 and the plan.approved entries naming it (who signed).
+    plan: str | None = None
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self, name: str) -> PolicyRow:
         for row in self.policies:
@@ -211,9 +214,15 @@ def summarise(
     # (run, policy) -> what its committed batches did
     done: dict[tuple[str, str], _Done] = {}
     interrupted: dict[str, str] = {}
+    # plan SHA-256 -> its approvals (retention approve): shown with the runs that apply the plan.
+    approvals: dict[str, list[dict[str, Any]]] = {}
     for item in entries:
         number, e = item if isinstance(item, tuple) else (None, item)
         rid, event = str(e.get("run", "")), e.get("event")
+        if event == "plan.approved":
+            approvals.setdefault(str(e.get("plan")), []).append(
+                {k: e.get(k) for k in ("ts", "approver", "role", "note", "plan_file", "counts")})
+            continue
         if event == "run.interrupted":
             interrupted[str(e.get("interrupted_run"))] = rid
         if event == "batch.recovered":
@@ -242,6 +251,9 @@ def summarise(
                 setattr(summary, name, e.get(name))
             summary.dry_run = bool(e.get("dry_run"))
             summary.kind = "preview" if summary.dry_run else "enforcement"
+            if e.get("plan"):
+                summary.plan = str(e.get("plan"))
+                summary.approvals = list(approvals.get(summary.plan, []))
             for p in e.get("policies") or []:
                 row = summary.row(str(p.get("name")))
                 for name in ("database", "table", "action", "cutoff", "basis", "retain", "align"):
@@ -470,6 +482,11 @@ def render_text(runs: Sequence[RunSummary], verification: VerifyResult | None = 
         out.append(f"{fmt_ts(s.started)}  run {s.run}  {mode}{mark}")
         out.append(f"  Status: {run_label(s)}{took}")
         out.append(f"  By {s.user or '?'}@{s.host or '?'}, retention {s.version or '?'}, as of {s.as_of or '?'}")
+        if s.plan:
+            signed = "; ".join(f"{a['approver']}" + (f" ({a['role']})" if a.get("role") else "")
+                               + f" {fmt_ts(a.get('ts'))}" + (f": {a['note']}" if a.get("note") else "")
+                               for a in s.approvals) or "NO APPROVAL IN THIS LOG"
+            out.append(f"  Applied plan {s.plan[:16]}, approved by {signed}")
         rows = [
             (r.policy, f"{r.database or '?'}.{r.table or '?'}", r.action or "?", fmt_cutoff(r.cutoff),
              fmt_n(r.due), fmt_n(r.held), fmt_n(r.deferred), fmt_n(r.deleted), fmt_n(r.anonymised), r.status)

@@ -39,6 +39,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "held_reasons": o.held_reasons, "no_end": o.no_end, "no_end_tables": o.no_end_tables,
                 **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
                 "warnings": o.warnings,
+                # run --plan only: the approved plan, its keys of this policy, those no longer due.
+                **({"plan": o.plan, "planned_keys": o.planned, "skipped_keys": o.skipped_keys} if o.plan else {}),
             }
             for o in result.policies
         ],
@@ -280,6 +282,9 @@ def render_text(result: RunResult, width: int = 100) -> str:
         lines += [f"   {line}" for line in _what_happens(o, result.dry_run)]
         if o.reidentification is not None:
             lines += [f"   {line}" for line in reidentification_lines(o.reidentification)]
+        if o.plan:
+            lines.append(f"   plan:    {o.plan[:12]}: {o.planned} approved key(s), {o.skipped_keys} skipped "
+                         "(no longer due tonight: held, changed or gone)")
         if o.sample:
             lines.append(f"   first keys: {', '.join(map(str, o.sample))}")
         if o.error:
