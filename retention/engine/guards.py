@@ -236,7 +236,7 @@ def ratchet_message(name: str, changes: list[Change], baseline: Baseline) -> str
 def everything_due(would: int, total: int) -> str | None:
     if total and would >= total:
         return (f"would change all {total} rows of the table; nothing done (an emptied table is more often a "
-                "mistake than a policy: use --force after checking the preview)")
+                "mistake than a policy: check the preview, then approve a plan or use --force)")
     return None
 
 
@@ -246,11 +246,11 @@ def rate_problem(name: str, would: int, history: History) -> str | None:
     past = history.changed.get(name)
     if not past:
         return (f"would change {would} rows on its first real run (more than {RATE_FLOOR} with no earlier run to "
-                "compare with); nothing done: check the preview, then use --force for the backlog "
-                "(approved plans for a first run are planned)")
+                "compare with); nothing done: check the preview, then approve a plan for the backlog "
+                "(retention plan / approve / run --plan) or use --force")
     median = statistics.median(past)
     if would > RATE_FACTOR * median:
         return (f"would change {would} rows, more than {RATE_FACTOR}x the median {median:g} of its last "
-                f"{len(past)} real run(s); nothing done (check the preview, then use --force; "
-                "approved plans for a first run are planned)")
+                f"{len(past)} real run(s); nothing done (check the preview, then approve a plan "
+                "(retention plan / approve / run --plan) or use --force)")
     return None

@@ -611,7 +611,8 @@ def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet:
     share = would / total if total else 0.0
     if share > plan.policy.max_fraction:
         return (f"would change {would} of {total} rows ({share:.0%}), more than "
-                f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (use --force after checking)")
+                f"max_fraction {plan.policy.max_fraction:.0%}; nothing done (approve a plan "
+                "(retention plan / approve / run --plan) or use --force)")
     return guards.everything_due(would, total) or guards.rate_problem(name, would, history)
 
 
