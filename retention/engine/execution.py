@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
 from retention.databases.schema import single_key
+from retention.engine import partitions
 from retention.engine.planning import Plan, _jsonable
 
 Progress = Callable[[int], None]
@@ -53,6 +54,8 @@ class Applied:
     batches: int = 0
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)
+    # Partitions dropped whole (engine/partitions.py): {"partition": name, "rows": n}.
+    partitions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _audit_keys(keys: list[Any]) -> list[Any]:
@@ -79,6 +82,14 @@ class Executor:
 
     def run(self) -> Applied:
         applied = Applied()
+        if self.plan.policy.action == "delete":
+            # Whole partitions first: the batches then walk only what is left.
+            for gone in partitions.drop_expired(self.engine, self.plan, self.audit.append, self.run_id,
+                                                self.next_batch, _test_hook):
+                applied.deleted += gone.rows
+                applied.batches += gone.batches
+                applied.partitions.append({"partition": gone.name, "rows": gone.rows})
+                self.progress(gone.rows)
         self._loop(applied)
         return applied
 
@@ -192,7 +203,10 @@ class Executor:
         for member in sorted(plan.tree, key=self._depth, reverse=True):
             table = plan.schema.tables[member]
             cascaded[member] = conn.execute(table.delete().where(self._owned_by(member, keys))).rowcount
-        count = conn.execute(plan.table.delete().where(dialects.key_in(plan.key, keys, self.dialect))).rowcount
+        match = dialects.key_in(plan.key, keys, self.dialect)
+        # A key unique only together with `after` (a partitioned table): never a row not due.
+        where = match if plan.key_unique else sa.and_(match, plan.due(plan.table))
+        count = conn.execute(plan.table.delete().where(where)).rowcount
         return Entry("delete", keys, [], count, cascaded)
 
     def _detach(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:

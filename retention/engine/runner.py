@@ -27,7 +27,7 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import monitor, recovery
+from retention.engine import monitor, partitions, recovery
 from retention.engine.execution import Executor
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
@@ -84,6 +84,8 @@ class PolicyOutcome:
     # Anonymising policies only: the re-identification check (reidentification.Reidentification.as_dict).
     reidentification: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # Range partitions dropped whole (a preview: those it would drop), {"partition", "rows"}.
+    partitions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -281,6 +283,7 @@ def execute_run(
                         outcome.cascaded = counts.cascaded
                         outcome.sample = plan.sample(conn, counts)
                         outcome.anonymised = counts.to_anonymise
+                        outcome.partitions = partitions.droppable(conn, plan)
                     if dry_run:
                         _lifetime(outcome, plan, model, conn)
                     conn.rollback()
@@ -295,6 +298,7 @@ def execute_run(
                     outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
                     outcome.cascaded = applied.cascaded
                     outcome.detached, outcome.detached_columns = applied.detached, applied.detached_columns
+                    outcome.partitions = applied.partitions
                     if applied.deleted or applied.anonymised:
                         touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
@@ -308,6 +312,7 @@ def execute_run(
                         unreadable=outcome.unreadable,
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
                         held_reasons=outcome.held_reasons,
+                        **({"partitions": outcome.partitions} if outcome.partitions else {}),
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
                         **({"reidentification": outcome.reidentification} if outcome.reidentification else {}))

@@ -31,6 +31,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "held_reasons": o.held_reasons, "no_end": o.no_end, "no_end_tables": o.no_end_tables,
                 **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
                 "warnings": o.warnings,
+                "partitions": o.partitions,
             }
             for o in result.policies
         ],
@@ -72,6 +73,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         lines.append(f"{n} row(s) {will} deleted from {o.table}")
         for child, count in o.cascaded.items():
             lines.append(f"  with {count} row(s) of {child}")
+        for part in o.partitions:
+            lines.append(f"  of these, {part['rows']} as the whole partition {part['partition']} (one statement)")
     else:
         lines.append(f"{o.due} row(s) of {o.table} {will} anonymised")
     for column, count in o.detached_columns.items():
