@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,42 @@ class Applied:
     detached_columns: dict[str, int] = field(default_factory=dict)
     # Partitions dropped whole (engine/partitions.py): {"partition": name, "rows": n}.
     partitions: list[dict[str, Any]] = field(default_factory=list)
+    # Rows per batch the walk asked for (BatchSizer.report): min, max, last, batches.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+
+
+BATCH_MIN, BATCH_MAX = 1_000, 100_000
+
+
+class BatchSizer:
+    """Batch sizes aimed at ``batch_target_ms`` per transaction.
+
+    The first batch has ``batch_size`` rows (5,000 by default); after each full batch the
+    next size is what the last one's rows per second give for the target, moved at most 4x
+    up or down per batch (one slow or fast batch does not swing it), kept between 1,000 and
+    100,000 rows and never above a ``batch_size`` the policy sets itself (a cap; below 1,000
+    it is the size). Commit costs amortise on a fast night; locks stay short on a busy one.
+    """
+
+    def __init__(self, batch_size: int, explicit: bool, target_ms: int) -> None:
+        self.cap = batch_size if explicit else BATCH_MAX
+        self.target = target_ms / 1000
+        self.size = min(self.cap, batch_size)
+        self.used: list[int] = []
+
+    def done(self, rows: int, seconds: float) -> None:
+        """A batch of ``rows`` rows (asked for: self.size) took ``seconds``, commit included."""
+        self.used.append(self.size)
+        if not self.target or rows < self.size:
+            return
+        ideal = self.size * self.target / max(seconds, 1e-4)
+        ideal = min(max(ideal, self.size / 4), self.size * 4)
+        self.size = int(min(self.cap, max(BATCH_MIN, min(BATCH_MAX, ideal))))
+
+    def report(self) -> dict[str, int]:
+        if not self.used:
+            return {}
+        return {"min": min(self.used), "max": max(self.used), "last": self.used[-1], "batches": len(self.used)}
 
 
 def _audit_keys(keys: list[Any]) -> list[Any]:
@@ -90,10 +127,13 @@ class Executor:
                 applied.batches += gone.batches
                 applied.partitions.append({"partition": gone.name, "rows": gone.rows})
                 self.progress(gone.rows)
-        self._loop(applied)
+        policy = self.plan.policy
+        sizer = BatchSizer(policy.batch_size, "batch_size" in policy.model_fields_set, policy.batch_target_ms)
+        self._loop(applied, sizer)
+        applied.batch_sizes = sizer.report()
         return applied
 
-    def _loop(self, applied: Applied) -> None:
+    def _loop(self, applied: Applied, sizer: BatchSizer) -> None:
         """Walk the due rows by key; per batch find the blocked ones, change the rest.
 
         The batch is selected by ``due`` alone (cheap on every database) and locked; then one
@@ -111,11 +151,12 @@ class Executor:
                   and dialects.updates_next_batch(self.dialect))
         last: Any = None
         while True:
+            started = time.monotonic()
             with self.engine.begin() as conn:
                 query = sa.select(key).where(plan.due(t))
                 if last is not None:
                     query = query.where(key > last)
-                query = query.order_by(key).limit(plan.policy.batch_size)
+                query = query.order_by(key).limit(sizer.size)
                 if in_one:
                     _fakes, constants = self._values(0)
                     keys, last = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
@@ -128,7 +169,9 @@ class Executor:
                         return
                     last = keys[-1]
                     entries = self._change(conn, keys)
+                rows = len(keys) if not in_one else sizer.size  # in_one: `keys` are the changed ones only
                 if not entries:
+                    sizer.done(rows, time.monotonic() - started)
                     continue
                 written = []
                 for entry in entries:
@@ -142,6 +185,7 @@ class Executor:
                     written.append((batch, entry))
                 _test_hook("intent")
             _test_hook("commit")
+            sizer.done(rows, time.monotonic() - started)
             for batch, entry in written:
                 count = entry.count
                 if entry.action == "detach":

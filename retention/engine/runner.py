@@ -86,6 +86,8 @@ class PolicyOutcome:
     warnings: list[str] = field(default_factory=list)
     # Range partitions dropped whole (a preview: those it would drop), {"partition", "rows"}.
     partitions: list[dict[str, Any]] = field(default_factory=list)
+    # Rows per batch the walk used (adaptive, execution.BatchSizer): min, max, last, batches.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -298,7 +300,7 @@ def execute_run(
                     outcome.anonymised = applied.anonymised if plan.policy.action == "delete" else 0
                     outcome.cascaded = applied.cascaded
                     outcome.detached, outcome.detached_columns = applied.detached, applied.detached_columns
-                    outcome.partitions = applied.partitions
+                    outcome.partitions, outcome.batch_sizes = applied.partitions, applied.batch_sizes
                     if applied.deleted or applied.anonymised:
                         touched.setdefault(plan.database, set()).update([plan.policy.table, *plan.tree])
             except sa.exc.SQLAlchemyError as exc:
@@ -313,6 +315,7 @@ def execute_run(
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
                         held_reasons=outcome.held_reasons,
                         **({"partitions": outcome.partitions} if outcome.partitions else {}),
+                        **({"batch_sizes": outcome.batch_sizes} if outcome.batch_sizes else {}),
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
                         **({"reidentification": outcome.reidentification} if outcome.reidentification else {}))

@@ -32,6 +32,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
                 "warnings": o.warnings,
                 "partitions": o.partitions,
+                "batch_sizes": o.batch_sizes,
             }
             for o in result.policies
         ],
