@@ -92,8 +92,10 @@ def key_column(table: sa.Table, policy: Policy) -> sa.Column[Any] | str:
         return col
     # A partitioned table's keys are unique only together with the partition column (both
     # databases insist); with `after` that is enough for a delete policy: its batches also
-    # test the due condition when they delete by key (see Plan.key_unique).
-    if policy.action == "delete" and any(set(u) == {col.name, policy.after} for u in unique):
+    # test the due condition when they delete by key (see Plan.key_unique). Not with
+    # on_referenced anonymise/detach: those change rows by key (or rows pointing at a key).
+    if policy.action == "delete" and policy.on_referenced == "defer" \
+            and any(set(u) == {col.name, policy.after} for u in unique):
         return col
     return f"column '{col.name}' of table '{table.name}' is not unique (no primary key or unique constraint)"
 
