@@ -196,3 +196,34 @@ def test_kill_around_a_partition_drop_is_recovered(server_db: TestDatabase, tmp_
     assert _ids(server_db) == {5, 9, 10}
     assert "p2022" not in _partitions(server_db)
     assert json.loads(again.stdout)["policies"][0]["status"] == "ok"
+
+
+def test_a_key_shared_with_a_row_not_due_never_takes_that_row(server_db: TestDatabase, tmp_path: Path) -> None:
+    """The key is unique only with `happened_at`: a due row and a later row with the same id.
+    The batch deletes by key and due, so the later row stays (and is not in the log)."""
+    _build(server_db)
+    with server_db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold) VALUES (7, '2026-02-01 00:00:00', :f)"),
+                     {"f": False})
+    policy = _policy(server_db, tmp_path)
+    result = run_cli(policy, as_of=AS_OF)
+    assert result.exit_code == 0, result
+    with server_db.engine.connect() as conn:
+        left = {(r[0], str(r[1])[:10]) for r in conn.execute(sa.text("SELECT id, happened_at FROM events"))}
+    assert left == {(5, "2023-05-01"), (7, "2026-02-01"), (9, "2024-11-24"), (10, "2026-01-01")}
+    assert result.policy("events")["applied"] == 7
+
+
+@pytest.mark.parametrize("on_referenced", ["anonymise", "detach"])
+def test_a_key_unique_only_with_after_is_refused_when_rows_change_by_key(
+        server_db: TestDatabase, tmp_path: Path, on_referenced: str) -> None:
+    """on_referenced anonymise/detach change rows by key: they need a key unique on its own."""
+    _build(server_db)
+    extra: dict[str, Any] = {"on_referenced": on_referenced}
+    if on_referenced == "anonymise":
+        extra["fields"] = {"body": "redact"}
+    policy = write_policies(tmp_path / "policies.yaml", server_db.url, [POLICY | extra], timezone="UTC")
+    result = run_cli(policy, as_of=AS_OF)
+    assert result.exit_code == 2, result
+    assert "column 'id' of table 'events' is not unique" in result.stderr
+    assert _ids(server_db) == set(range(1, 11))
