@@ -146,15 +146,13 @@ def drop_expired(engine: sa.Engine, plan: Plan, append: Append, run_id: str,
                     continue
                 frm, finish = dialects.partition_rows(plan.table, part.name, conn.dialect.name)
                 query = finish(sa.select(frm.c[key.name]).select_from(frm).order_by(frm.c[key.name]))
-                with conn.execute(query, execution_options={"yield_per": KEYS_PER_ENTRY}) as result:
-                    for chunk in result.partitions():
-                        keys = [row[0] for row in chunk]
-                        batch = next_batch()
-                        append("batch", run_id, policy=plan.policy.name, database=plan.database,
-                               table=plan.table.name, action="delete", state="intent", batch=batch,
-                               key_column=key.name, keys=_keys(keys), columns=[], count=len(keys),
-                               cascaded={}, partition=part.name)
-                        written.append((batch, len(keys)))
+                for keys in dialects.stream_keys(conn, query, KEYS_PER_ENTRY):
+                    batch = next_batch()
+                    append("batch", run_id, policy=plan.policy.name, database=plan.database,
+                           table=plan.table.name, action="delete", state="intent", batch=batch,
+                           key_column=key.name, keys=_keys(keys), columns=[], count=len(keys),
+                           cascaded={}, partition=part.name)
+                    written.append((batch, len(keys)))
                 if sum(n for _b, n in written) != total:  # a writer got past the lock? never drop then
                     raise sa.exc.DBAPIError("partition keys", None, RuntimeError(
                         f"partition {part.name}: {sum(n for _b, n in written)} keys read for {total} rows"))
