@@ -227,3 +227,22 @@ def test_a_key_unique_only_with_after_is_refused_when_rows_change_by_key(
     assert result.exit_code == 2, result
     assert "column 'id' of table 'events' is not unique" in result.stderr
     assert _ids(server_db) == set(range(1, 11))
+
+
+def test_dropped_partition_keys_are_found_and_shown(server_db: TestDatabase, tmp_path: Path) -> None:
+    """`audit find` answers for a key that went with its partition; `audit show` totals it;
+    the text preview names the partition."""
+    _build(server_db)
+    policy = _policy(server_db, tmp_path)
+    preview = run_cli(policy, "--dry-run", as_of=AS_OF, fmt="text")
+    assert preview.exit_code == 0, preview
+    assert "of these, 3 as the whole partition p2022 (one statement)" in preview.stdout
+    assert run_cli(policy, as_of=AS_OF).exit_code == 0
+    found = invoke(["--policies", str(policy), "audit", "find", "--policy", "events", "--key", "2",
+                    "--format", "json"], parse_json=True)
+    assert found.exit_code == 0, found
+    touches = found.data["touches"]
+    assert [(t["action"], t["outcome"], t["table"]) for t in touches] == [("delete", "committed", "events")]
+    shown = invoke(["--policies", str(policy), "audit", "show"])
+    assert shown.exit_code == 0, shown
+    assert "7 rows deleted" in shown.stdout
