@@ -246,3 +246,32 @@ def test_dropped_partition_keys_are_found_and_shown(server_db: TestDatabase, tmp
     shown = invoke(["--policies", str(policy), "audit", "show"])
     assert shown.exit_code == 0, shown
     assert "7 rows deleted" in shown.stdout
+
+
+@pytest.mark.parametrize("column_type,bounds,rows", [
+    # An instant: the cut-off is 2024-11-24 03:00:00 UTC; a bound one second later is not past it.
+    ("timestamptz", ["2024-11-24 03:00:00+00", "2024-11-24 03:00:01+00"],
+     {"pa": "2024-01-01 00:00:00+00", "pb": "2024-11-24 03:00:00+00", "pmax": "2025-01-01 00:00:00+00"}),
+    # A DATE: 2024-11-24 is the last due day, so a partition ending before 2024-11-25 is past the
+    # term, one ending a day later is not.
+    ("date", ["2024-11-25", "2024-11-26"], {"pa": "2024-11-24", "pb": "2024-11-25", "pmax": "2025-01-01"}),
+])
+def test_bounds_of_instant_and_date_columns(db_factory: Any, tmp_path: Path, column_type: str,
+                                            bounds: list[str], rows: dict[str, str]) -> None:
+    db = db_factory("postgresql")
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE events (id bigint NOT NULL, happened_at {column_type} NOT NULL, "
+                             "legal_hold boolean NOT NULL DEFAULT false, PRIMARY KEY (id, happened_at)) "
+                             "PARTITION BY RANGE (happened_at)")
+        conn.exec_driver_sql(f"CREATE TABLE pa PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('{bounds[0]}')")
+        conn.exec_driver_sql(f"CREATE TABLE pb PARTITION OF events FOR VALUES FROM ('{bounds[0]}') TO ('{bounds[1]}')")
+        conn.exec_driver_sql(f"CREATE TABLE pmax PARTITION OF events FOR VALUES FROM ('{bounds[1]}') TO (MAXVALUE)")
+        for i, (_part, at) in enumerate(rows.items(), start=1):
+            conn.execute(sa.text("INSERT INTO events (id, happened_at) VALUES (:i, :a)"), {"i": i, "a": at})
+    policy = _policy(db, tmp_path)
+    result = run_cli(policy, as_of=AS_OF)
+    assert result.exit_code == 0, result
+    assert [p["partition"] for p in result.policy("events")["partitions"]] == ["pa"]
+    assert _partitions(db) == {"pb", "pmax"}
+    due_in_pb = column_type == "timestamptz"  # the instant at the cut-off is due; the day after it is not
+    assert _ids(db) == ({3} if due_in_pb else {2, 3})
