@@ -14,6 +14,7 @@ Every expectation is plain SQL on the database and the audit log's own lines.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -275,3 +276,42 @@ def test_bounds_of_instant_and_date_columns(db_factory: Any, tmp_path: Path, col
     assert _partitions(db) == {"pb", "pmax"}
     due_in_pb = column_type == "timestamptz"  # the instant at the cut-off is due; the day after it is not
     assert _ids(db) == ({3} if due_in_pb else {2, 3})
+
+
+def test_partition_bounds_are_read_from_the_catalog(server_db: TestDatabase) -> None:
+    """Each partitioning form read gives the exclusive upper bound as the column's value; a
+    DEFAULT or MAXVALUE partition has none (it is never past any term)."""
+    from retention.databases.dialects import range_partitions
+
+    with server_db.engine.begin() as conn:
+        if server_db.name == "postgresql":
+            conn.exec_driver_sql("CREATE TABLE ev (id bigint NOT NULL, at timestamp NOT NULL) PARTITION BY RANGE (at)")
+            conn.exec_driver_sql("CREATE TABLE ev_a PARTITION OF ev FOR VALUES FROM (MINVALUE) TO ('2021-01-01')")
+            conn.exec_driver_sql("CREATE TABLE ev_b PARTITION OF ev FOR VALUES FROM ('2021-01-01') "
+                                 "TO ('2021-07-01 12:30:00')")
+            conn.exec_driver_sql("CREATE TABLE ev_c PARTITION OF ev DEFAULT")
+            expected = {"ev": {"ev_a": dt.datetime(2021, 1, 1), "ev_b": dt.datetime(2021, 7, 1, 12, 30),
+                               "ev_c": None}}
+        else:
+            conn.exec_driver_sql("CREATE TABLE ev (id BIGINT NOT NULL, at DATETIME NOT NULL, PRIMARY KEY (id, at)) "
+                                 "PARTITION BY RANGE (YEAR(at)) (PARTITION p20 VALUES LESS THAN (2021), "
+                                 "PARTITION pmax VALUES LESS THAN MAXVALUE)")
+            conn.exec_driver_sql("CREATE TABLE ev2 (id BIGINT NOT NULL, at DATETIME NOT NULL, PRIMARY KEY (id, at)) "
+                                 "PARTITION BY RANGE (TO_DAYS(at)) (PARTITION p1 VALUES LESS THAN "
+                                 "(TO_DAYS('2021-07-01')), PARTITION pmax VALUES LESS THAN MAXVALUE)")
+            conn.exec_driver_sql("CREATE TABLE ev3 (id BIGINT NOT NULL, at DATETIME NOT NULL, PRIMARY KEY (id, at)) "
+                                 "PARTITION BY RANGE COLUMNS (at) (PARTITION p1 VALUES LESS THAN "
+                                 "('2021-07-01 12:30:00'), PARTITION pmax VALUES LESS THAN (MAXVALUE))")
+            expected = {"ev": {"p20": dt.datetime(2021, 1, 1), "pmax": None},
+                        "ev2": {"p1": dt.datetime(2021, 7, 1), "pmax": None},
+                        "ev3": {"p1": dt.datetime(2021, 7, 1, 12, 30), "pmax": None}}
+    md = sa.MetaData()
+    with server_db.engine.connect() as conn:
+        for name, want in expected.items():
+            found = range_partitions(conn, sa.Table(name, md, autoload_with=conn))
+            assert found is not None
+            assert {p.name: p.upper for p in found} == want
+            assert {p.column for p in found} == {"at"}
+        md2 = sa.MetaData()
+        conn.exec_driver_sql("CREATE TABLE flat (id INTEGER PRIMARY KEY)")
+        assert range_partitions(conn, sa.Table("flat", md2, autoload_with=conn)) is None
