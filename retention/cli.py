@@ -283,6 +283,15 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
             children = f" (+ {', '.join(p.cascade)})" if p.cascade else ""
             click.echo(f"  {p.name}: {p.action} {model.database_of(p)}.{p.table}{children} "
                        f"{p.retain} after {p.after}{align}")
+        # Tables whose expired partitions go whole (engine/partitions.py).
+        import pendulum
+
+        from retention.engine import partitions
+        from retention.engine.runner import make_plans
+
+        plans = make_plans(model, selected, connected, pendulum.now(model.timezone))
+        for line in partitions.report(plans, connected.engines):
+            click.echo(f"  {line}")
         # The re-identification check as tonight's run would find it (writes nothing).
         from retention.engine.runner import reidentification_report
         from retention.reports.run import reidentification_lines

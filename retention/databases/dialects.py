@@ -651,3 +651,186 @@ def server_identity(conn: sa.Connection) -> dict[str, Any]:
     except sa.exc.DBAPIError:
         pass  # not allowed to ask: the URL's host and database name stay the identity
     return out
+
+
+# -- range partitions (engine/partitions.py) -------------------------------------------------
+class RangePartition:
+    """One partition of a table range-partitioned on one column: its name and the exclusive
+    upper bound of its range as a value of the column's type (None: MAXVALUE or DEFAULT, no end)."""
+
+    def __init__(self, name: str, column: str, upper: Any) -> None:
+        self.name, self.column, self.upper = name, column, upper
+
+    def __repr__(self) -> str:
+        return f"RangePartition({self.name!r}, {self.column!r}, {self.upper!r})"
+
+
+_PG_PARTITIONS = """
+SELECT c.relname, a.attname, pg_get_expr(c.relpartbound, c.oid), format_type(a.atttypid, a.atttypmod),
+       pt.partnatts, pt.partstrat
+FROM pg_partitioned_table pt
+JOIN pg_class p ON p.oid = pt.partrelid
+JOIN pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0]
+JOIN pg_inherits i ON i.inhparent = p.oid
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE p.relname = :t AND p.relnamespace = to_regnamespace(coalesce(:s, current_schema()))::oid
+ORDER BY c.relname
+"""
+_PG_UPPER = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$")
+_QUOTED = re.compile(r"^'((?:[^']|'')*)'$")
+
+
+def range_partitions(conn: sa.Connection, table: sa.Table) -> list[RangePartition] | None:
+    """The range partitions of ``table`` on one column, read from the catalog; None when the
+    table is not range-partitioned on a single column (or the database has no partitions).
+
+    PostgreSQL: ``pg_partitioned_table``/``pg_inherits`` and each partition's bound text,
+    whose ``TO`` value the server casts back to the column's type. MariaDB:
+    ``information_schema.PARTITIONS``, ``RANGE COLUMNS(col)`` or ``RANGE(YEAR(col))`` /
+    ``RANGE(TO_DAYS(col))`` (other partitioning functions are not read: the table then
+    qualifies for nothing). Subpartitions, list and hash partitioning: None.
+    """
+    name = conn.dialect.name
+    if name == "postgresql":
+        rows = conn.execute(sa.text(_PG_PARTITIONS), {"t": table.name, "s": table.schema}).all()
+        if not rows or any(r[4] != 1 or r[5] != "r" for r in rows):
+            return None
+        out = []
+        for relname, column, bound, type_name, _n, _s in rows:
+            if bound == "DEFAULT":
+                out.append(RangePartition(relname, column, None))
+                continue
+            found = _PG_UPPER.match(bound or "")
+            quoted = _QUOTED.match(found.group(2)) if found else None
+            if quoted is None:  # MAXVALUE (or a bound this reader does not know: no end)
+                out.append(RangePartition(relname, column, None))
+                continue
+            literal = quoted.group(1).replace("''", "'")
+            upper = conn.execute(sa.text(f"SELECT CAST(:v AS {type_name})"), {"v": literal}).scalar_one()
+            out.append(RangePartition(relname, column, upper))
+        return out
+    if name == "mysql":
+        rows = conn.execute(sa.text(
+            "SELECT PARTITION_NAME, PARTITION_METHOD, PARTITION_EXPRESSION, PARTITION_DESCRIPTION, "
+            "SUBPARTITION_METHOD FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = coalesce(:s, DATABASE()) "
+            "AND TABLE_NAME = :t ORDER BY PARTITION_ORDINAL_POSITION"), {"t": table.name, "s": table.schema}).all()
+        if not rows or rows[0][0] is None or any(r[4] is not None for r in rows):
+            return None
+        out = []
+        for part, method, expression, description, _sub in rows:
+            column, upper_sql = _mysql_upper(method, expression or "", description or "")
+            if column is None:
+                return None
+            upper = None if upper_sql is None else conn.execute(sa.text(f"SELECT {upper_sql}")).scalar_one()
+            out.append(RangePartition(part, column, upper))
+        return out
+    return None
+
+
+_MY_COLUMN = re.compile(r"^`((?:[^`]|``)+)`$")
+_MY_FUNCTION = re.compile(r"^(year|to_days)\(`((?:[^`]|``)+)`\)$", re.IGNORECASE)
+_MY_LITERAL = re.compile(r"^'[0-9: .-]+'$")
+
+
+def _mysql_upper(method: str, expression: str, description: str) -> tuple[str | None, str | None]:
+    """(partition column, SQL of the partition's exclusive upper bound as a date/time) for the
+    forms read; (None, None) for any other. Only digits and date punctuation reach the SQL."""
+    if method == "RANGE COLUMNS":
+        found = _MY_COLUMN.match(expression)
+        if not found:
+            return None, None
+        if description == "MAXVALUE":
+            return found.group(1), None
+        return (found.group(1), f"CAST({description} AS DATETIME(6))") if _MY_LITERAL.match(description) \
+            else (None, None)
+    found = _MY_FUNCTION.match(expression)
+    if method != "RANGE" or not found:
+        return None, None
+    if description == "MAXVALUE":
+        return found.group(2), None
+    if not re.fullmatch(r"-?[0-9]+", description):
+        return None, None
+    n = int(description)
+    if found.group(1).lower() == "year":
+        return found.group(2), f"CAST(MAKEDATE({n}, 1) AS DATETIME)" if n >= 1 else "NULL"
+    return found.group(2), f"CAST(FROM_DAYS({n}) AS DATETIME)"
+
+
+def partition_rows(table: sa.Table, partition: str, dialect: str) -> tuple[sa.Table, Any]:
+    """A FROM for the rows of one partition, and a function that finishes a SELECT over it:
+    PostgreSQL names the partition as a table (same columns); MariaDB reads
+    ``table PARTITION (p)``."""
+    if dialect == "postgresql":
+        copy = sa.Table(partition, sa.MetaData(), *[sa.Column(c.name, c.type) for c in table.c],
+                        schema=table.schema)
+        return copy, lambda select: select
+    quoted = f"PARTITION ({_quote_mysql(partition)})"
+    return table, lambda select: select.with_hint(table, quoted, dialect_name="mysql")
+
+
+def _quote_mysql(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _quote_pg(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lock_partition(conn: sa.Connection, table: sa.Table, partition: str) -> None:
+    """Stop writers to the partition until :func:`drop_partition` (PostgreSQL: until commit).
+
+    MariaDB: ``LOCK TABLES t WRITE`` (DDL commits, so no transaction can hold its row locks
+    across the drop); the checks that follow may then read only that table."""
+    if conn.dialect.name == "postgresql":
+        target = ".".join(_quote_pg(n) for n in [*([table.schema] if table.schema else []), partition])
+        conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE MODE")
+    else:
+        conn.exec_driver_sql(f"LOCK TABLES {_quote_mysql(table.name)} WRITE")
+
+
+def drop_partition(conn: sa.Connection, table: sa.Table, partition: str) -> None:
+    """Remove the partition and its rows in one statement (PostgreSQL: detach, then drop, in
+    the caller's transaction; MariaDB: ``ALTER TABLE ... DROP PARTITION``, atomic on its own)."""
+    if conn.dialect.name == "postgresql":
+        schema = [_quote_pg(table.schema)] if table.schema else []
+        parent = ".".join([*schema, _quote_pg(table.name)])
+        part = ".".join([*schema, _quote_pg(partition)])
+        conn.exec_driver_sql(f"ALTER TABLE {parent} DETACH PARTITION {part}")
+        conn.exec_driver_sql(f"DROP TABLE {part}")
+    else:
+        conn.exec_driver_sql(f"ALTER TABLE {_quote_mysql(table.name)} DROP PARTITION {_quote_mysql(partition)}")
+
+
+def unlock_partition(conn: sa.Connection) -> None:
+    if conn.dialect.name == "mysql":
+        conn.exec_driver_sql("UNLOCK TABLES")
+
+
+def partitions_need_own_table(dialect: str) -> bool:
+    """Whether the checks before a partition drop may read only the partitioned table
+    (MariaDB's LOCK TABLES): holds through links and references from other tables then rule
+    the fast path out. (InnoDB has no foreign keys on partitioned tables anyway.)"""
+    return dialect == "mysql"
+
+
+def stream_keys(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
+    """The one column of a parameterless SELECT, in lists of up to ``chunk`` values, read with a
+    server-side cursor straight from the driver (PostgreSQL: a named cursor; MariaDB: PyMySQL's
+    unbuffered cursor). SQLAlchemy's result rows cost ~6 us per key, most of reading a large
+    partition's keys. The cursor is closed before this returns: a DDL on the table may follow."""
+    sql = str(query.compile(dialect=conn.dialect))
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        cur = dbapi.cursor(name="rt_keys")  # type: ignore[union-attr]
+    elif conn.dialect.name == "mysql":
+        import pymysql.cursors
+
+        cur = dbapi.cursor(pymysql.cursors.SSCursor)  # type: ignore[union-attr]
+    else:
+        cur = dbapi.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql)
+        while rows := cur.fetchmany(chunk):
+            yield [r[0] for r in rows]
+    finally:
+        cur.close()

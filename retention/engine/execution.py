@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
 from retention.databases.schema import single_key
+from retention.engine import partitions
 from retention.engine.planning import Plan, _jsonable
 from retention.errors import BatchCheckFailed
 from retention.logs import get_logger
@@ -92,6 +93,44 @@ class Applied:
     batches: int = 0
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)
+    # Partitions dropped whole (engine/partitions.py): {"partition": name, "rows": n}.
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    # Rows per batch the walk asked for (BatchSizer.report): min, max, last, batches.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+
+
+BATCH_MIN, BATCH_MAX = 1_000, 100_000
+
+
+class BatchSizer:
+    """Batch sizes aimed at ``batch_target_ms`` per transaction.
+
+    The first batch has ``batch_size`` rows (5,000 by default); after each full batch the
+    next size is what the last one's rows per second give for the target, moved at most 4x
+    up or down per batch (one slow or fast batch does not swing it), kept between 1,000 and
+    100,000 rows and never above a ``batch_size`` the policy sets itself (a cap; below 1,000
+    it is the size). Commit costs amortise on a fast night; locks stay short on a busy one.
+    """
+
+    def __init__(self, batch_size: int, explicit: bool, target_ms: int) -> None:
+        self.cap = batch_size if explicit else BATCH_MAX
+        self.target = target_ms / 1000
+        self.size = min(self.cap, batch_size)
+        self.used: list[int] = []
+
+    def done(self, rows: int, seconds: float) -> None:
+        """A batch of ``rows`` rows (asked for: self.size) took ``seconds``, commit included."""
+        self.used.append(self.size)
+        if not self.target or rows < self.size:
+            return
+        ideal = self.size * self.target / max(seconds, 1e-4)
+        ideal = min(max(ideal, self.size / 4), self.size * 4)
+        self.size = int(min(self.cap, max(BATCH_MIN, min(BATCH_MAX, ideal))))
+
+    def report(self) -> dict[str, int]:
+        if not self.used:
+            return {}
+        return {"min": min(self.used), "max": max(self.used), "last": self.used[-1], "batches": len(self.used)}
 
 
 def _audit_keys(keys: list[Any]) -> list[Any]:
@@ -134,10 +173,25 @@ class Executor:
         fails."""
         if applied is not None:
             self.applied = applied
-        self._loop(self.applied)
-        return self.applied
+        applied = self.applied
+        if self.plan.policy.action == "delete" and self.restrict is None:
+            # Whole partitions first: the batches then walk only what is left. Not for an approved
+            # plan: it names keys, and a partition may hold rows the plan does not.
+            for gone in partitions.drop_expired(self.engine, self.plan, self.audit.append, self.run_id,
+                                                self.next_batch, kill_point):
+                applied.deleted += gone.rows
+                applied.batches += gone.batches
+                applied.partitions.append({"partition": gone.name, "rows": gone.rows})
+                self.progress(gone.rows)
+        policy = self.plan.policy
+        sizer = BatchSizer(policy.batch_size, "batch_size" in policy.model_fields_set, policy.batch_target_ms)
+        try:
+            self._loop(applied, sizer)
+        finally:
+            applied.batch_sizes = sizer.report()
+        return applied
 
-    def _loop(self, applied: Applied) -> None:
+    def _loop(self, applied: Applied, sizer: BatchSizer) -> None:
         """Walk the due rows by key; per batch find the blocked ones, change the rest.
 
         The batch is selected by ``due`` alone (cheap on every database) and locked; then one
@@ -164,10 +218,13 @@ class Executor:
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
-            done, last, written = retrying(functools.partial(self._batch, in_one, last, chunk), self.dialect,
-                                           self._on_retry, lambda: not self._audited)
+            started = time.monotonic()
+            done, last, written, rows = retrying(
+                functools.partial(self._batch, in_one, last, chunk, size if chunk is not None else sizer.size),
+                self.dialect, self._on_retry, lambda: not self._audited)
             if done and chunk is None:
                 return
+            sizer.done(rows, time.monotonic() - started)
             for batch, entry in written:
                 count = entry.count
                 if entry.action == "detach":
@@ -189,9 +246,10 @@ class Executor:
                     applied.cascaded[child] = applied.cascaded.get(child, 0) + n
                 self.progress(count)
 
-    def _batch(self, in_one: bool, last: Any, chunk: list[Any] | None = None
-               ) -> tuple[bool, Any, list[tuple[int, Entry]]]:
-        """One batch in one transaction: (walk finished, last key chosen, audited changes committed).
+    def _batch(self, in_one: bool, last: Any, chunk: list[Any] | None = None, limit: int | None = None
+               ) -> tuple[bool, Any, list[tuple[int, Entry]], int]:
+        """One batch of at most ``limit`` rows in one transaction: (walk finished, last key chosen,
+        audited changes committed, rows the batch took: what the batch sizer weighs).
 
         With ``chunk`` (an approved plan's keys) the batch is those keys that are still due; a
         plan's key no longer due (held since, or gone) simply is not selected."""
@@ -210,21 +268,23 @@ class Executor:
                     query = query.where(key >= chunk[0], key <= chunk[-1])
             elif last is not None:
                 query = query.where(key > last)
-            query = query.order_by(key).limit(plan.policy.batch_size)
+            query = query.order_by(key).limit(limit or plan.policy.batch_size)
             if in_one:
                 _fakes, constants = self._values(0)
                 keys, chosen = dialects.update_next_batch(conn, t, key, query, plan.due(t), constants)
                 if chosen is None:
-                    return True, last, []
+                    return True, last, [], 0
                 entries = [Entry("anonymise", keys, self._changed_columns(), len(keys), {})] if keys else []
             else:
                 keys = dialects.batch_keys(conn, dialects.lock_rows(query, self.dialect))
                 if not keys:
-                    return True, last, []
+                    return True, last, [], 0
                 chosen = keys[-1]
                 entries = self._change(conn, keys)
+            # in_one: `keys` are the changed ones only; the batch took up to `limit` rows.
+            rows = len(keys) if not in_one else (limit or plan.policy.batch_size)
             if not entries:
-                return False, chosen, []
+                return False, chosen, [], rows
             self._check(conn, entries)
             written = []
             for entry in entries:
@@ -241,7 +301,7 @@ class Executor:
                 written.append((batch, entry))
             kill_point("intent")
         kill_point("commit")
-        return False, chosen, written
+        return False, chosen, written, rows
 
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
         self.audit.append("batch.retry", self.run_id, policy=self.plan.policy.name, database=self.plan.database,
@@ -322,7 +382,10 @@ class Executor:
         for member in sorted(plan.tree, key=self._depth, reverse=True):
             table = plan.schema.tables[member]
             cascaded[member] = conn.execute(table.delete().where(self._owned_by(member, keys))).rowcount
-        count = conn.execute(plan.table.delete().where(dialects.key_in(plan.key, keys, self.dialect))).rowcount
+        match = dialects.key_in(plan.key, keys, self.dialect)
+        # A key unique only together with `after` (a partitioned table): never a row not due.
+        where = match if plan.key_unique else sa.and_(match, plan.due(plan.table))
+        count = conn.execute(plan.table.delete().where(where)).rowcount
         return Entry("delete", keys, [], count, cascaded)
 
     def _detach(self, conn: sa.Connection, keys: list[Any]) -> list[Entry]:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from retention.anonymisation import strategies
 from retention.databases import dialects
-from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column
+from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column, key_unique_alone
 from retention.engine import holds
 from retention.policy.dates import Cutoff
 from retention.policy.model import Policy
@@ -102,6 +102,7 @@ class Plan:
         key = key_column(self.table, self.policy)
         assert not isinstance(key, str), key
         self.key = key
+        self.key_unique = key_unique_alone(self.table, key)
         tree = cascade_tree(self.schema, self.policy)
         assert not isinstance(tree, str), tree
         self.tree = tree

@@ -64,6 +64,13 @@ def _fate(intent: dict[str, Any], model: PolicyFile, connected: Connected) -> tu
             witness = pending(policy, table)
             left = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond, witness)).scalar_one()
         conn.rollback()
+    if intent.get("partition"):
+        # A whole partition: dropped with all its rows, or not at all (one statement).
+        name = intent["partition"]
+        if left == 0:
+            return "applied", f"partition {name} was dropped: none of the {len(keys)} rows is left"
+        if left == len(keys):
+            return "not applied", f"partition {name} was not dropped: all {len(keys)} rows are still there"
     if left == 0:
         return "applied", f"none of the {len(keys)} rows is left as it was: the transaction committed"
     if left == len(keys):

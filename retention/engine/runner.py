@@ -31,7 +31,7 @@ from retention.anonymisation import reidentification
 from retention.anonymisation.strategies import FakePool
 from retention.audit import log as audit
 from retention.databases import purge
-from retention.engine import guards, holds, keys, monitor, recovery
+from retention.engine import guards, holds, keys, monitor, partitions, recovery
 from retention.engine.execution import Applied, Executor, first_line, kill_point, retrying
 from retention.engine.lock import RunLock
 from retention.engine.planning import Counts, Plan, never_in_scope, run_order, uncovered_links
@@ -118,6 +118,10 @@ class PolicyOutcome:
     plan: str | None = None
     planned: int = 0
     skipped_keys: int = 0
+    # Range partitions dropped whole (a preview: those it would drop), {"partition", "rows"}.
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    # Rows per batch the walk used (adaptive, execution.BatchSizer): min, max, last, batches.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -403,6 +407,8 @@ def execute_run(
                     with engine.connect() as conn:
                         if write_key is not None and outcome.status == "ok":
                             keys.write_keys(conn, plan, write_key)
+                        if outcome.status == "ok" and plan.policy.action == "delete":
+                            outcome.partitions = partitions.droppable(conn, plan)
                         _lifetime(outcome, plan, model, conn)
                         conn.rollback()
                 # Nothing to change: no walk. Anonymised rows stay past their term for good, and
@@ -420,6 +426,7 @@ def execute_run(
                                  ).run(applied)
                     finally:
                         _set_applied(outcome, applied)
+                        outcome.partitions, outcome.batch_sizes = applied.partitions, applied.batch_sizes
                         if restrict is not None:
                             outcome.skipped_keys = len(restrict) - applied.deleted - applied.anonymised
                         if applied.deleted or applied.anonymised:
@@ -440,6 +447,8 @@ def execute_run(
                         unreadable=outcome.unreadable,
                         detached=outcome.detached, detached_columns=outcome.detached_columns,
                         held_reasons=outcome.held_reasons,
+                        **({"partitions": outcome.partitions} if outcome.partitions else {}),
+                        **({"batch_sizes": outcome.batch_sizes} if outcome.batch_sizes else {}),
                         status=outcome.status if not dry_run or outcome.status != "ok" else "preview",
                         dry_run=dry_run, duration_ms=round(outcome.duration_s * 1000), error=outcome.error,
                         **({"reidentification": outcome.reidentification} if outcome.reidentification else {}),

@@ -218,6 +218,9 @@ class Policy(_Strict):
     reidentification: str = "enforce"
     max_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    # Extension: batches are sized to take about this long each (adaptive, 1,000-100,000 rows,
+    # never more than an explicit `batch_size`); 0: always `batch_size` rows.
+    batch_target_ms: Annotated[int, Field(ge=0, le=600_000)] = 500
     approval: str = "none"
 
     @field_validator("max_fraction", mode="before")

@@ -41,6 +41,8 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 "warnings": o.warnings,
                 # run --plan only: the approved plan, its keys of this policy, those no longer due.
                 **({"plan": o.plan, "planned_keys": o.planned, "skipped_keys": o.skipped_keys} if o.plan else {}),
+                "partitions": o.partitions,
+                "batch_sizes": o.batch_sizes,
             }
             for o in result.policies
         ],
@@ -183,6 +185,8 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
         lines.append(f"{_n(deleted)} row(s) {will} deleted from {o.table}")
         for child, count in o.cascaded.items():
             lines.append(f"  with {_n(count)} row(s) of {child}")
+        for part in o.partitions:
+            lines.append(f"  of these, {_n(part['rows'])} as the whole partition {part['partition']} (one statement)")
     else:
         lines.append(f"{_n(anonymised)} row(s) of {o.table} {will} anonymised")
     for column, count in o.detached_columns.items():
