@@ -136,8 +136,8 @@ def _waiting_run(db: TestDatabase) -> int | None:
 def test_killed_connection_mid_run_reports_the_committed_batches(server_db: TestDatabase, tmp_path: Path) -> None:
     """batch_size 2 over 10 due sessions; another transaction holds session 5, so the run commits
     {1,2} and {3,4} and waits; its connection is then killed from outside (pg_terminate_backend /
-    KILL CONNECTION). Exit 1, status failed, applied = deleted = 4 = the rows plain SQL finds gone,
-    in the JSON and in `policy.end`."""
+    KILL CONNECTION), again on each retry until the run gives up. Exit 1, status failed,
+    applied = deleted = 4 = the rows plain SQL finds gone, in the JSON and in `policy.end`."""
     db = server_db
     _create_sessions(db.engine)
     pf = write_policies(tmp_path / "policies.yaml", db.url, [{
@@ -145,9 +145,10 @@ def test_killed_connection_mid_run_reports_the_committed_batches(server_db: Test
         "batch_size": 2, "max_fraction": 1.0}])
     with db.engine.connect() as other:
         other.execute(sa.text("SELECT id FROM sessions WHERE id = 5 FOR UPDATE"))
+        # --force: all 10 sessions are due, which the 100 % guard would block before any batch.
         run = subprocess.Popen(
             [sys.executable, "-m", "retention.cli", "--policies", str(pf), "--log-format", "json", "run",
-             "--as-of", AS_OF, "--format", "json"],
+             "--as-of", AS_OF, "--format", "json", "--force"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
@@ -156,11 +157,21 @@ def test_killed_connection_mid_run_reports_the_committed_batches(server_db: Test
                 assert run.poll() is None, run.communicate()
                 assert time.monotonic() < deadline, "the run never waited for the held row"
                 time.sleep(0.05)
-            with db.engine.connect() as killer:
-                if db.name == "postgresql":
-                    killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
-                else:
-                    killer.exec_driver_sql(f"KILL CONNECTION {int(victim)}")
+            # A lost connection is transient: the batch is retried (execution.RETRY_DELAYS) and
+            # waits for the held row again, so every attempt's connection is killed until it gives up.
+            killed: set[int] = set()
+            while run.poll() is None:
+                assert time.monotonic() < deadline + 30, "the run never gave up"
+                if victim is None or victim in killed:
+                    time.sleep(0.05)
+                    victim = _waiting_run(db)
+                    continue
+                with db.engine.connect() as killer:
+                    if db.name == "postgresql":
+                        killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+                    else:
+                        killer.exec_driver_sql(f"KILL CONNECTION {int(victim)}")
+                killed.add(victim)
             stdout, stderr = run.communicate(timeout=60)
         finally:
             if run.poll() is None:
@@ -174,3 +185,4 @@ def test_killed_connection_mid_run_reports_the_committed_batches(server_db: Test
     assert (p["status"], p["applied"], p["deleted"], p["anonymised"]) == ("failed", gone, gone, 0)
     end = _entries(pf, "policy.end", "sessions")[-1]
     assert (end["status"], end["applied"], end["deleted"]) == ("failed", gone, gone)
+    assert len(killed) == 1 + len(execution.RETRY_DELAYS)

@@ -40,9 +40,16 @@ def write_keys(conn: sa.Connection, plan: Plan, write: Write, chunk: int | None 
     chunk = chunk or CHUNK
     t, key, policy = plan.table, plan.key, plan.policy
     dialect = conn.dialect.name
-    excludes = list(policy.exclude.items())
+    # The policy's own `exclude` and the holds that follow foreign keys to it (Plan.hold_links).
+    excludes: list[tuple[str, sa.ColumnElement[bool]]] = [
+        (f"{c} = {_value(v)}", _match(t, c, v)) for c, v in policy.exclude.items()]
+    excludes += [(f"{other.table}.{c} = {_value(v)}", plan._linked_hold(t, other, edge, [c]))
+                 for other, edge in plan.hold_links for c, v in other.exclude.items()]
+    registry = plan.registry_hold(t)
+    if registry is not None:  # `retention hold add` (engine/holds.py)
+        excludes.append(("the hold registry", registry))
     cols: list[sa.ColumnElement[Any]] = [key]
-    cols += [sa.case((_match(t, c, v), 1), else_=0) for c, v in excludes]
+    cols += [sa.case((cond, 1), else_=0) for _label, cond in excludes]
     track_pending = policy.action == "delete" and policy.on_referenced == "anonymise"
     if track_pending:
         cols.append(sa.case((plan.pending(t), 1), else_=0))
@@ -69,7 +76,7 @@ def write_keys(conn: sa.Connection, plan: Plan, write: Write, chunk: int | None 
                         tables.append(edge.child)
         for row in rows:
             k = row[0]
-            holds = [f"{c} = {_value(v)}" for (c, v), flag in zip(excludes, row[1:1 + len(excludes)], strict=True)
+            holds = [label for (label, _cond), flag in zip(excludes, row[1:1 + len(excludes)], strict=True)
                      if flag]
             if holds:
                 fate, reason = "held", "hold: " + " or ".join(holds)

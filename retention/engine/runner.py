@@ -514,14 +514,15 @@ def execute_run(
                     dry_run=dry_run, duration_ms=round(duration_s * 1000))
         totals = {key: sum(getattr(o, key) for o in result.policies)
                   for key in ("due", "held", "deferred", "applied", "deleted", "anonymised")}
+        # Before run.end is logged: under --log-format json that line carries the "not recorded" message.
+        if dry_run and record:
+            _record_preview(model, result, audit_key)
         statuses: dict[str, int] = {}
         for o in result.policies:
             statuses[o.status] = statuses.get(o.status, 0) + 1
         (log.info if result.exit_code == EXIT_OK else log.error)(
             "run.end", status=result.status, exit_code=result.exit_code, dry_run=dry_run, duration_s=duration_s,
             **totals, policies=statuses, audit_head=getattr(log_, "head", None), message=result.message)
-        if dry_run and record:
-            _record_preview(model, result, audit_key)
         if not dry_run:
             summary = f"{run_id} {result.status} exit {result.exit_code}"
             monitor.ping(model.monitor.url, "success", summary, rid=monitor.run_rid(run_id),
