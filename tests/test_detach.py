@@ -164,3 +164,20 @@ def test_a_killed_detach_batch_is_recovered(db: TestDatabase, tmp_path: Path, po
     assert recovered == dict.fromkeys(intents, expected)
     assert ids(db.engine, "SELECT id FROM customers") == {4}
     assert ids(db.engine, "SELECT id FROM invoices WHERE customer_id IS NULL") == {10, 11, 20}
+
+
+def test_explain_says_a_detaching_delete_and_the_run_does_it(db: TestDatabase, tmp_path: Path) -> None:
+    """`explain` of a due customer still referenced by a kept invoice: with on_referenced: detach
+    its fate is delete (not deferred), naming the invoices detached first; the run then deletes it
+    and keeps the invoices with a NULL key (plain SQL)."""
+    _schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [CUSTOMERS, INVOICES])
+    out = invoke(["--policies", str(policy), "--log-format", "json", "explain", "customers", "1",
+                  "--as-of", "2026-11-24T03:00:00", "--format", "json"], parse_json=True)
+    assert out.exit_code == 0, out
+    assert out.data["fate"] == "delete"
+    assert "detached first" in " ".join(out.data["reasons"]) and "invoices" in " ".join(out.data["reasons"])
+    run = run_cli(policy)
+    assert run.exit_code == 0, run
+    assert scalar(db.engine, "SELECT count(*) FROM customers WHERE id = 1") == 0
+    assert ids(db.engine, "SELECT id FROM invoices WHERE customer_id IS NULL") == {10, 11}

@@ -205,15 +205,17 @@ def _explain(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any, momen
         sa.case((plan.pending(t), 1), else_=0) if p.action == "anonymise" or p.on_referenced == "anonymise"
         else sa.literal(1),
         sa.case((sa.and_(*[_match(t, c, v) for c, v in p.where.items()]), 1), else_=0) if p.where else sa.literal(1),
-        *[sa.case((_match(t, c, v), 1), else_=0) for c, v in p.exclude.items()],
     ]
+    # Every reason a row can be held for: its own `exclude`, a linked policy's, the hold registry.
+    reasons = plan.hold_reasons(t)
+    flags += [sa.case((cond, 1), else_=0) for cond in reasons.values()]
     row = conn.execute(sa.select(*flags).where(plan.key == key)).first()
     if row is None:
         out.found, out.fate = False, "absent"
         out.reasons.append(f"no row with {p.table}.{plan.key.name} = {key}")
         return out
     event, past, held, pending, covered = row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4])
-    holds = [f"{c} = {_words(v)}" for (c, v), f in zip(p.exclude.items(), row[5:], strict=True) if f]
+    holds = [_hold_words(plan, name) for name, f in zip(reasons, row[5:], strict=True) if f]
     out.event = None if event is None else _moment(event)
     end = _term_end(p, event)
     out.term_end = _moment(end) if end is not None else None
@@ -262,6 +264,11 @@ def _explain(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any, momen
             out.cascade[member] = int(n)
         return out
     refs = "; ".join(_referrer_words(r) for r in out.referenced_by)
+    if plan.detaches:
+        out.fate = "delete"
+        out.reasons.append(f"past its term, no hold; the records that must stay and still reference it are "
+                           f"detached first (their foreign key set to NULL; they keep their own term): {refs}")
+        return out
     if p.on_referenced == "anonymise" and pending:
         out.fate = "anonymise"
         out.reasons.append(f"past its term, no hold, but still referenced by records that must stay: {refs}; "
@@ -272,6 +279,17 @@ def _explain(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any, momen
         out.reasons.append(f"past its term, no hold, but still referenced by records that must stay: {refs}{already}")
     out.goes = _goes(out.referenced_by)
     return out
+
+
+def _hold_words(plan: Plan, reason: str) -> str:
+    """A hold reason (``table.column`` of a hold flag, or ``registry``) in words."""
+    if reason == "registry":
+        return "the hold registry (retention hold list)"
+    table, _, column = reason.partition(".")
+    holder = next((q for q in [plan.policy, *(o for o, _e in plan.hold_links)] if q.table == table), None)
+    value = holder.exclude.get(column) if holder is not None else None
+    where = "" if table == plan.policy.table else f" (a linked row of {table})"
+    return f"{table}.{column} = {_words(value)}{where}" if holder is not None else reason
 
 
 def _words(value: Any) -> str:
