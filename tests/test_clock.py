@@ -85,7 +85,7 @@ def test_a_first_run_backlog_over_the_floor_needs_force(db: TestDatabase, tmp_pa
     blocked = run_cli(pf)
     assert blocked.exit_code == 3, blocked
     error = blocked.policy("events")["error"]
-    assert "101 rows on its first real run" in error and "--force" in error and "approved plans" in error
+    assert "101 rows on its first real run" in error and "--force" in error and "approve a plan" in error
     assert count(db) == 151
     assert run_cli(pf, "--force").exit_code == 0
     assert count(db) == 50
