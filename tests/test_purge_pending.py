@@ -48,3 +48,11 @@ def test_a_purge_held_back_by_a_reader_exits_5_with_its_own_status(sqlite_db: Te
     assert ids(sqlite_db.engine, "SELECT id FROM people") == set(range(6, 21))
     [end] = [e for e in read_entries(audit_path(pf)) if e["event"] == "run.end"]
     assert (end["status"], end["exit_code"]) == ("purge pending", 5)
+    # Exit 5 promises a retry: the next run, with nothing new to remove, purges those tables again.
+    again = run_cli(pf)
+    assert again.exit_code == 0, again
+    assert again.policy("people")["applied"] == 0
+    assert [(p["tables"], p["result"]) for p in again.data["purge"]] == [(["people"], "done")]
+    # And the night after that has no debt left: no purge at all.
+    third = run_cli(pf)
+    assert third.exit_code == 0 and third.data["purge"] == [], third

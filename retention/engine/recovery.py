@@ -7,6 +7,8 @@ records ``batch.recovered`` with what really happened, before doing anything els
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,3 +78,20 @@ def _fate(intent: dict[str, Any], model: PolicyFile, connected: Connected) -> tu
     if left == len(keys):
         return "not applied", f"all {len(keys)} rows are unchanged: the transaction was rolled back"
     return "partly applied", f"{len(keys) - left} of {len(keys)} rows changed (changed since by another writer?)"
+
+
+def purge_debts(path: Path, databases: Iterable[str]) -> dict[str, set[str]]:
+    """Per database, the tables whose last purge did not finish (``pending`` or ``failed``).
+
+    Exit 5 promises that the next run retries the purge; a next run that removes nothing new
+    would otherwise never purge again, and the removed values would stay in the files. Streams
+    the log's ``purge`` lines only."""
+    wanted = set(databases)
+    last: dict[str, dict[str, Any]] = {}
+    if not Path(path).exists():
+        return {}
+    for entry in audit.read_matching(Path(path), b'"event":"purge"'):
+        if entry.get("event") == "purge" and entry.get("database") in wanted:
+            last[entry["database"]] = entry
+    return {db: set(e.get("tables") or []) for db, e in last.items()
+            if e.get("result") in ("pending", "failed") and e.get("tables")}

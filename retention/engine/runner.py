@@ -475,6 +475,9 @@ def execute_run(
 
         pending = purge_failed = False
         if not dry_run:
+            # A purge an earlier run left pending or failed is retried now, even if nothing new went.
+            for db, tables in recovery.purge_debts(Path(model.audit.path), connected.engines).items():
+                touched.setdefault(db, set()).update(tables)
             for db, tables in touched.items():
                 level = model.databases[db].purge
                 kill_point("purge")
