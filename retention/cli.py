@@ -403,17 +403,11 @@ def _run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str
          database: str | None, database_index: int | None, record: bool, keys_file: Path | None,
          accept_changes: tuple[str, ...] = (), plan_path: str | None = None, plan_max_age: str = "7d") -> Any:
     from retention.engine import runner
-    from retention.policy import dates
 
     model = state.load()
     chosen = _pick_database(model, database, database_index)
     model = _for_database(model, chosen)
-    moment = None
-    if as_of:
-        try:
-            moment = dates.parse_as_of(as_of, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc)) from None
+    moment = _as_of(as_of, model.timezone)
     approved = None
     if plan_path:
         from retention.approval import apply
@@ -453,6 +447,18 @@ def _write_metrics(state: _State, path: Path, result: Any, exit_code: int, start
     except OSError as exc:
         # The run's outcome stands; monitoring notices the stale file by its timestamps.
         state.say("warning", f"--metrics-file {path}: cannot write: {exc.strerror or exc}")
+
+
+def _as_of(text: str | None, timezone: str, option: str = "--as-of") -> Any:
+    """An --as-of value as a moment in the file's time zone (None: now), or exit 2 saying why."""
+    from retention.policy import dates
+
+    if not text:
+        return None
+    try:
+        return dates.parse_as_of(text, timezone)
+    except dates.PeriodError as exc:
+        raise UsageError(str(exc).replace("--as-of", option)) from None
 
 
 def _width() -> int:
@@ -526,15 +532,9 @@ def explain(state: _State, policy_name: str, key: str, as_of: str | None, fmt: s
     import json
 
     from retention.engine import explain as explain_mod
-    from retention.policy import dates
 
     model = state.load()
-    moment = None
-    if as_of:
-        try:
-            moment = dates.parse_as_of(as_of, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc)) from None
+    moment = _as_of(as_of, model.timezone)
     result = explain_mod.explain(model, policy_name, key, moment)
     if fmt == "json":
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
@@ -896,17 +896,11 @@ def erase(state: _State, policy: str, key: str, request: str, matches: tuple[str
       retention erase --policy accounts --key 4711 --request AVG-2026-031 --match tickets.email
     """
     from retention.engine import erase as eraser
-    from retention.policy import dates
 
     model = state.load()
     start = next((p for p in model.policies if p.name == policy), None)
     model = _for_database(model, model.database_of(start) if start else None)
-    moment = None
-    if as_of:
-        try:
-            moment = dates.parse_as_of(as_of, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc)) from None
+    moment = _as_of(as_of, model.timezone)
     result = eraser.erase(model, policy_name=policy, key=key, request=request, matches=matches, dry_run=dry_run,
                           force=force, as_of=moment,
                           audit_key=_audit_key(model.audit.key_env, required=not dry_run,
@@ -940,20 +934,12 @@ def replay(state: _State, since: str | None, dry_run: bool, as_of: str | None, f
       retention replay --since 2026-11-20 --dry-run
     """
     from retention.engine import replay as replayer
-    from retention.policy import dates
 
     model = state.load()
     model = _for_database(model, _pick_database(model, database, database_index))
 
-    def moment(text: str | None, opt: str) -> Any:
-        if not text:
-            return None
-        try:
-            return dates.parse_as_of(text, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc).replace("--as-of", opt)) from None
-
-    result = replayer.replay(model, since=moment(since, "--since"), dry_run=dry_run, as_of=moment(as_of, "--as-of"),
+    result = replayer.replay(model, since=_as_of(since, model.timezone, "--since"), dry_run=dry_run,
+                             as_of=_as_of(as_of, model.timezone),
                              audit_key=_audit_key(model.audit.key_env, required=not dry_run,
                                                   where=f"{state.policy_path}: "))
     if fmt == "json":
@@ -995,7 +981,6 @@ def _plan_write(output: str | None, policy_names: tuple[str, ...], as_of: str | 
                 database_index: int | None) -> None:
     from retention.approval import apply
     from retention.approval import plan as planfile
-    from retention.policy import dates
     from retention.reports import plan as report
 
     state: _State = click.get_current_context().ensure_object(_State)
@@ -1004,12 +989,7 @@ def _plan_write(output: str | None, policy_names: tuple[str, ...], as_of: str | 
     model = state.load()
     chosen = _pick_database(model, database, database_index)
     model = _for_database(model, chosen)
-    moment = None
-    if as_of:
-        try:
-            moment = dates.parse_as_of(as_of, model.timezone)
-        except dates.PeriodError as exc:
-            raise UsageError(str(exc)) from None
+    moment = _as_of(as_of, model.timezone)
     started = time.monotonic()
     doc = apply.make(model, as_of=moment, policy_names=policy_names, database=chosen)
     path = Path(output)
