@@ -1,0 +1,5 @@
+import sys
+
+from retention.cli import main
+
+sys.exit(main(prog_name="retention"))
