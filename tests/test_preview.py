@@ -300,7 +300,7 @@ def test_text_wraps_to_the_terminal_width(monkeypatch: Any) -> None:
     their words whole and continue under the label's text."""
     import shutil
 
-    from retention import cli
+    from retention.cli import app as cli
     from retention.engine.runner import PolicyOutcome, RunResult
     from retention.reports.run import render_text
 
