@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,7 @@ def erase(state: _State, policy: str, key: str, request: str, matches: tuple[str
                           force=force, as_of=moment,
                           audit_key=_audit_key(model.audit.key_env, required=not dry_run,
                                                where=f"{state.policy_path}: "))
-    if fmt == "json":
-        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
-    elif not state.quiet:
-        for line in eraser.render_text(result):
-            click.echo(line)
+    _show(state, result, fmt, eraser.render_text)
     if result.message and result.exit_code:
         state.say("error" if not dry_run else "warning", result.message)
     _exit(result.exit_code)
@@ -184,9 +181,14 @@ def replay(state: _State, since: str | None, dry_run: bool, as_of: str | None, f
                              as_of=_as_of(as_of, model.timezone),
                              audit_key=_audit_key(model.audit.key_env, required=not dry_run,
                                                   where=f"{state.policy_path}: "))
+    _show(state, result, fmt, replayer.render_text)
+    _exit(result.exit_code)
+
+
+def _show(state: _State, result: Any, fmt: str, render_text: Callable[[Any], Iterable[str]]) -> None:
+    """An erasure's or a replay's result on stdout: JSON, or its text lines (none with -q)."""
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
     elif not state.quiet:
-        for line in replayer.render_text(result):
+        for line in render_text(result):
             click.echo(line)
-    _exit(result.exit_code)

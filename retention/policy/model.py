@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from retention.policy.dates import ALIGNMENTS, Period, PeriodError, floor_shortfall, parse_period
 
@@ -36,6 +36,18 @@ def _period(value: Any) -> Period:
         return parse_period(value)
     except PeriodError as exc:
         raise ValueError(str(exc)) from None
+
+
+# Keys that take one word of a fixed list: (the valid words, the name an error uses for the key).
+_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "reidentification": (REIDENTIFICATION, "reidentification"),
+    "align": (ALIGNMENTS, "align"),
+    "minimum_align": (ALIGNMENTS, "align"),
+    "action": (ACTIONS, "action"),
+    "on_referenced": (ON_REFERENCED, "on_referenced"),
+    "approval": (APPROVAL, "approval"),
+    "holds": (HOLDS, "holds"),
+}
 
 
 def _one_of(value: Any, valid: tuple[str, ...], what: str) -> str:
@@ -262,35 +274,12 @@ class Policy(_Strict):
     def _keep(cls, v: Any) -> Any:
         return _reasons(v)
 
-    @field_validator("reidentification", mode="before")
+    @field_validator("reidentification", "align", "minimum_align", "action", "on_referenced", "approval", "holds",
+                     mode="before")
     @classmethod
-    def _reidentification(cls, v: Any) -> str:
-        return _one_of(v, REIDENTIFICATION, "reidentification")
-
-    @field_validator("align", "minimum_align", mode="before")
-    @classmethod
-    def _align(cls, v: Any) -> str:
-        return _one_of(v, ALIGNMENTS, "align")
-
-    @field_validator("action", mode="before")
-    @classmethod
-    def _action(cls, v: Any) -> str:
-        return _one_of(v, ACTIONS, "action")
-
-    @field_validator("on_referenced", mode="before")
-    @classmethod
-    def _on_referenced(cls, v: Any) -> str:
-        return _one_of(v, ON_REFERENCED, "on_referenced")
-
-    @field_validator("approval", mode="before")
-    @classmethod
-    def _approval(cls, v: Any) -> str:
-        return _one_of(v, APPROVAL, "approval")
-
-    @field_validator("holds", mode="before")
-    @classmethod
-    def _holds(cls, v: Any) -> str:
-        return _one_of(v, HOLDS, "holds")
+    def _choice(cls, v: Any, info: ValidationInfo) -> str:
+        valid, what = _CHOICES[info.field_name]
+        return _one_of(v, valid, what)
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
