@@ -3,10 +3,11 @@
 The run is a real subprocess killed with SIGKILL at a controlled point (the
 RETENTION_TEST_KILL_AT hook, ``kill_point`` in retention.engine.execution and the runner): before
 a batch's transaction, after its `intent` entry but before its commit (the database rolls back:
-`not applied`), after the commit but before `batch.committed` (`applied`), and as the purge
-starts. The next run must find the open intent, check the database, append `batch.recovered` and
-`run.interrupted`, and finish the work: the end state, row by row, is that of one uninterrupted
-run on a twin database, on SQLite, PostgreSQL and MariaDB.
+`not applied`), after the commit but before `batch.committed` (`applied`), as the purge starts,
+and inside a purge (``purge.stepN``). The next run must find the open intent, check the database,
+append `batch.recovered` and `run.interrupted`, finish the work and purge what the killed run
+removed: the end state, row by row, is that of one uninterrupted run on a twin database, on
+SQLite, PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ timezone: Europe/Amsterdam
 databases:
   main:
     url: "{url}"
-    purge: none
+    purge: {purge}
 audit:
   path: {audit}
 policies:
@@ -99,11 +100,11 @@ def test_kill_at_each_point_then_rerun_ends_as_an_uninterrupted_run(
         _schema(database.engine)
     (tmp_path / "twin").mkdir()
     reference = tmp_path / "twin" / "policies.yaml"
-    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl"))
+    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl", purge="none"))
     assert _run(reference).returncode == 0
     log = tmp_path / "audit.jsonl"
     policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY.format(url=db.url, audit=log))
+    policy.write_text(POLICY.format(url=db.url, audit=log, purge="none"))
 
     killed = _run(policy, {"RETENTION_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -149,9 +150,56 @@ def test_unwritable_audit_log_stops_before_touching_data(sqlite_db: TestDatabase
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the audit directory should be")
     policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY.format(url=sqlite_db.url, audit=blocker / "audit.jsonl"))
+    policy.write_text(POLICY.format(url=sqlite_db.url, audit=blocker / "audit.jsonl", purge="none"))
     result = _run(policy)
     assert result.returncode == 1
     assert "audit" in result.stderr.lower() or "lock" in result.stderr.lower()
     assert "Traceback" not in result.stderr
     assert _count(sqlite_db.engine, "tickets") == 35
+
+
+# The step of a `purge: thorough` (tables messages, tickets) at which the process is killed: after
+# the purge has begun its work and before it has finished it. SQLite: secure_delete set, journal
+# mode read, killed before VACUUM; PostgreSQL: messages rewritten by VACUUM FULL, tickets not yet;
+# MariaDB: messages rebuilt and analysed, tickets not yet.
+_INSIDE_PURGE = {"sqlite": "purge.step3", "postgresql": "purge.step5", "mariadb": "purge.step3"}
+
+
+@pytest.mark.parametrize("where", ["as the purge starts", "inside the purge"])
+def test_kill_before_or_inside_a_purge_then_rerun_purges_what_the_killed_run_removed(
+        db: TestDatabase, db_factory: Any, tmp_path: Path, where: str) -> None:
+    """A run killed after its batches committed, before or half-way through its purge, wrote no
+    `purge` result: the next run (nothing new due) still purges the tables the killed run changed,
+    and ends with the rows of an uninterrupted run (on SQLite, PostgreSQL and MariaDB)."""
+    twin = db_factory(db.name)
+    for database in (db, twin):
+        _schema(database.engine)
+    (tmp_path / "twin").mkdir()
+    reference = tmp_path / "twin" / "policies.yaml"
+    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl", purge="thorough"))
+    assert _run(reference).returncode == 0
+    log = tmp_path / "audit.jsonl"
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(POLICY.format(url=db.url, audit=log, purge="thorough"))
+
+    point = "purge" if where == "as the purge starts" else _INSIDE_PURGE[db.name]
+    killed = _run(policy, {"RETENTION_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _count(db.engine, "tickets") == 5 and _count(db.engine, "messages") == 5
+    first_run = _entries(log)[0]["run"]
+    assert [e for e in _entries(log) if e["event"] == "purge"] == []
+
+    again = _run(policy)
+    assert again.returncode == 0, again.stderr
+    entries = _entries(log)
+    assert [e["interrupted_run"] for e in entries if e["event"] == "run.interrupted"] == [first_run]
+    purges = [(e["run"] != first_run, e["database"], e["tables"], e["level"], e["result"])
+              for e in entries if e["event"] == "purge"]
+    assert purges == [(True, "main", ["messages", "tickets"], "thorough", "done")]
+    assert json.loads(again.stdout)["policies"][0]["applied"] == 0
+    assert snapshot(db.engine) == snapshot(twin.engine)
+    assert audit.verify(log).ok
+
+    # Settled: a third run has nothing to purge.
+    assert _run(policy).returncode == 0
+    assert len([e for e in _entries(log) if e["event"] == "purge"]) == 1

@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -85,19 +85,35 @@ class _Refused(Exception):
     """The purge cannot be done as configured (privileges, build, missing table)."""
 
 
-@dataclass
 class _Steps:
-    """What the purge is doing, so that a database error says where it happened."""
+    """What the purge is doing, so that a database error says where it happened.
 
-    now: str = "connecting"
-    notes: list[str] = field(default_factory=list)
+    ``on_step`` hears every step as it begins: the runner's crash tests kill the process
+    there, half-way through a purge, without this module knowing about them.
+    """
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self._now = "connecting"
+        self.notes: list[str] = []
+        self._on_step = on_step
+
+    @property
+    def now(self) -> str:
+        return self._now
+
+    @now.setter
+    def now(self, step: str) -> None:
+        self._now = step
+        if self._on_step is not None:
+            self._on_step(step)
 
 
 Purger = Callable[[sa.Engine, list[str], str, _Steps], str]
 Quote = Callable[[str], str]
 
 
-def purge(engine: sa.Engine, database: str, tables: list[str], level: str) -> PurgeResult:
+def purge(engine: sa.Engine, database: str, tables: list[str], level: str,
+          on_step: Callable[[str], None] | None = None) -> PurgeResult:
     """Apply ``level`` to ``tables`` of one database; database errors become ``failed``."""
     started = time.monotonic()
     tables = list(dict.fromkeys(tables))
@@ -115,7 +131,7 @@ def purge(engine: sa.Engine, database: str, tables: list[str], level: str) -> Pu
     purger = _PURGERS.get(engine.dialect.name)
     if purger is None:
         return result("failed", f"no purge is known for {engine.dialect.name} databases.")
-    steps = _Steps()
+    steps = _Steps(on_step)
     try:
         detail = purger(engine, tables, level, steps)
     except _Pending as exc:

@@ -23,9 +23,12 @@ from retention.policy.model import PolicyFile
 log = get_logger("retention.recovery")
 
 
-def recover(log_: Any, run_id: str, model: PolicyFile, connected: Connected) -> None:
+def recover(log_: Any, run_id: str, model: PolicyFile, connected: Connected) -> list[str]:
+    """Close what earlier runs left open; returns the ids of the runs found interrupted."""
     path = log_.path
+    interrupted: list[str] = []
     for start in audit.unfinished_runs(path):
+        interrupted.append(start["run"])
         log_.append("run.interrupted", run_id, interrupted_run=start["run"], started=start.get("ts"))
         log.warning("run.interrupted", interrupted_run=start["run"])
     for intent in audit.open_intents(path):
@@ -40,6 +43,7 @@ def recover(log_: Any, run_id: str, model: PolicyFile, connected: Connected) -> 
                     batch=intent["batch"], result=result, detail=detail)
         log.warning("batch.recovered", policy=intent.get("policy"), of_run=intent["run"],
                     batch=intent["batch"], result=result)
+    return interrupted
 
 
 def _fate(intent: dict[str, Any], model: PolicyFile, connected: Connected) -> tuple[str, str]:
@@ -95,3 +99,38 @@ def purge_debts(path: Path, databases: Iterable[str]) -> dict[str, set[str]]:
             last[entry["database"]] = entry
     return {db: set(e.get("tables") or []) for db, e in last.items()
             if e.get("result") in ("pending", "failed") and e.get("tables")}
+
+
+def unpurged(path: Path, runs: Iterable[str], databases: Iterable[str]) -> dict[str, set[str]]:
+    """Per database, the tables that interrupted ``runs`` changed and never purged.
+
+    A run killed after its batches committed, or in the middle of its purge, wrote no
+    ``purge`` result: without this, the next run would find nothing new to remove and the
+    removed values would stay in the database files. The tables are read back from the
+    batches that really happened (``batch.committed``, or recovered as applied)."""
+    runs, wanted = set(runs), set(databases)
+    if not runs or not Path(path).exists():
+        return {}
+    intents: dict[tuple[str, Any], dict[str, Any]] = {}
+    happened: set[tuple[str, Any]] = set()
+    for entry in audit.read_matching(Path(path), b'"event":"batch'):
+        event = entry.get("event")
+        if event == "batch" and entry.get("run") in runs:
+            intents[(entry["run"], entry.get("batch"))] = entry
+        elif event == "batch.committed" and entry.get("run") in runs:
+            happened.add((entry["run"], entry.get("batch")))
+        elif event == "batch.recovered" and entry.get("of_run") in runs \
+                and entry.get("result") in ("applied", "partly applied"):
+            happened.add((entry["of_run"], entry.get("batch")))
+    # A purge result the interrupted run did write settles its database (a pending or failed
+    # one is retried through purge_debts).
+    settled = {(e.get("run"), e.get("database")) for e in audit.read_matching(Path(path), b'"event":"purge"')
+               if e.get("event") == "purge" and e.get("run") in runs}
+    tables: dict[str, set[str]] = {}
+    for (run, _batch), intent in intents.items():
+        db = intent.get("database")
+        if (run, _batch) not in happened or db not in wanted or (run, db) in settled:
+            continue
+        cascaded = intent.get("cascaded") or {}
+        tables.setdefault(db, set()).update([intent["table"], *(t for t, n in cascaded.items() if n)])
+    return tables

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import getpass
+import itertools
 import socket
 import time
 import uuid
@@ -302,12 +303,13 @@ def execute_run(
         if keys_file is not None:
             write_key = _open_keys_file(stack, keys_file)
         log_: Any
+        interrupted: list[str] = []
         if dry_run:
             log_ = _NoAudit()
         else:
             stack.enter_context(RunLock(Path(model.audit.path), connected.engines))
             log_ = stack.enter_context(audit.AuditLog(Path(model.audit.path), audit_key).open())
-            recovery.recover(log_, run_id, model, connected)
+            interrupted = recovery.recover(log_, run_id, model, connected)
             monitor.ping(model.monitor.url, "start", run_id, rid=monitor.run_rid(run_id))
 
         # A database that could not be reached fails its own policies; the others run.
@@ -476,12 +478,15 @@ def execute_run(
         pending = purge_failed = False
         if not dry_run:
             # A purge an earlier run left pending or failed is retried now, even if nothing new went.
-            for db, tables in recovery.purge_debts(Path(model.audit.path), connected.engines).items():
-                touched.setdefault(db, set()).update(tables)
+            debts = [recovery.purge_debts(Path(model.audit.path), connected.engines),
+                     recovery.unpurged(Path(model.audit.path), interrupted, connected.engines)]
+            for debt in debts:
+                for db, tables in debt.items():
+                    touched.setdefault(db, set()).update(tables)
             for db, tables in touched.items():
                 level = model.databases[db].purge
                 kill_point("purge")
-                res = purge.purge(connected.engines[db], db, sorted(tables), level)
+                res = purge.purge(connected.engines[db], db, sorted(tables), level, on_step=_purge_kill_points())
                 event = res.as_event()
                 result.purges.append({**event, "duration_s": res.duration_s})
                 log_.append("purge", run_id, **event)
@@ -603,6 +608,12 @@ def _survey(plan: Plan, engine: sa.Engine, dry_run: bool, history: guards.Histor
         sample = plan.sample(conn, counts) if dry_run and (not problem or plan.policy.name in ratchet) else []
         conn.rollback()
     return counts, problem, sample
+
+
+def _purge_kill_points() -> Callable[[str], None]:
+    """Kill points ``purge.step1``, ``purge.step2``, ... at each step of one purge (crash tests)."""
+    steps = itertools.count(1)
+    return lambda _step: kill_point(f"purge.step{next(steps)}")
 
 
 def _on_retry(log_: audit.AuditLog, run_id: str, plan: Plan, attempt: int, exc: BaseException, wait: float) -> None:
