@@ -247,3 +247,22 @@ def test_audit_show_policy_filter_is_not_taken_for_the_global_policies_option(tm
     for shown in (before, after):
         runs = json.loads(shown.stdout)["runs"]
         assert [p["policy"] for r in runs for p in r["policies"]] == ["accounts"]
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_exit_1(tmp_path: Path, sqlite_db: Any) -> None:
+    """`retention validate | head -1`: a closed stdout is not an "internal error" with a traceback
+    hint; the command ends with exit 1 and no error of its own on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    policies = _shop_file(tmp_path, sqlite_db)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "retention.cli", "--policies", str(policies), "validate"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr

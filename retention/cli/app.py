@@ -94,6 +94,10 @@ def _errors(state: _State) -> Iterator[None]:
         _exit(exc.exit_code)
     except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
         raise
+    except BrokenPipeError:
+        # The reader went away (`retention validate | head -1`): click's main() silences the
+        # streams and exits 1, as a closed pipe is not an internal error.
+        raise
     except Exception as exc:  # the last line of defence: no tracebacks for users
         if state.debug:
             traceback.print_exc()
