@@ -157,3 +157,15 @@ def test_in_zone_moves_month_end_windows_too() -> None:
     cut = cutoff(pendulum.datetime(2026, 2, 28, 12, tz=AMS), parse_period("24 months"), "none", AMS).in_zone("UTC")
     assert cut.local == D(2024, 2, 28, 11)
     assert cut.windows == ((D(2024, 2, 28, 23), D(2024, 2, 29, 11)),)
+
+
+def test_explain_gives_the_term_end_of_the_files_book_year_in_its_zone(db: TestDatabase, tmp_path: Path) -> None:
+    """`explain` says when a UTC invoice's term ends as the run decides it: 2019-12-31 23:30 UTC is
+    book year 2020 in Amsterdam, so the term ends at the end of 2027 Amsterdam time (not 2026), and
+    the text names the zone; 22:59:59 UTC is still book year 2019."""
+    pf = setup(db, tmp_path, BOOK_YEAR_EDGE)
+    for key, end in ((3, "2027-12-31 23:59:59 Europe/Amsterdam"), (1, "2026-12-31 23:59:59 Europe/Amsterdam")):
+        out = invoke(["--policies", str(pf), "--log-format", "json", "explain", "invoices", str(key),
+                      "--as-of", "2026-06-01T00:00:00", "--format", "json"], parse_json=True)
+        assert out.exit_code == 0, out
+        assert out.data["term_end"] == end and out.data["fate"] == "kept", out.data

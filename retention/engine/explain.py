@@ -78,14 +78,30 @@ def _moment(value: Any) -> str:
     """A moment for people: to the second (an aligned term ends at 23:59:59.999999)."""
     if isinstance(value, dt.datetime):
         text = value.strftime("%Y-%m-%d %H:%M:%S")
-        return text + (value.strftime(" %z") if value.tzinfo is not None else "")
+        if value.tzinfo is None:
+            return text
+        name = value.timezone_name if isinstance(value, pendulum.DateTime) else None
+        return f"{text} {name}" if name else text + value.strftime(" %z")
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
-def _term_end(policy: Policy, event: Any) -> pendulum.DateTime | None:
+def _term_end(policy: Policy, event: Any, timezone: str) -> pendulum.DateTime | None:
+    """When the row's term ends, as the run decides it.
+
+    A column with its own zone, or naive values of another zone (``after_timezone``), is read
+    as the file's wall clock first, because that is where the run aligns the term: an invoice
+    of 2019-12-31 23:30 UTC is book year 2020 in Amsterdam. Such an end carries the file's zone.
+    """
     if not isinstance(event, (dt.date, dt.datetime)):
         return None
-    return expires_at(event, policy.retain, policy.align)  # type: ignore[arg-type]
+    if not isinstance(event, dt.datetime) or (event.tzinfo is None and not policy.after_timezone):
+        return expires_at(event, policy.retain, policy.align)  # type: ignore[arg-type]
+    local = pendulum.instance(event, tz=policy.after_timezone or "UTC").in_timezone(timezone)
+    wall = pendulum.naive(local.year, local.month, local.day, local.hour, local.minute, local.second,
+                          local.microsecond)
+    end = expires_at(wall, policy.retain, policy.align)
+    return pendulum.datetime(end.year, end.month, end.day, end.hour, end.minute, end.second, end.microsecond,
+                             tz=timezone)
 
 
 def _history(path: Path, policy: str, key: Any) -> list[dict[str, Any]]:
@@ -139,7 +155,7 @@ def _referrers(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any) -> 
         else:
             ends = []
             for r in rows:
-                end = _term_end(theirs, r[len(pk)]) if r[len(pk) + 1] else None
+                end = _term_end(theirs, r[len(pk)], model.timezone) if r[len(pk) + 1] else None
                 if end is None:
                     ref.without_term += 1
                 else:
@@ -217,7 +233,7 @@ def _explain(conn: sa.Connection, plan: Plan, model: PolicyFile, key: Any, momen
     event, past, held, pending, covered = row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4])
     holds = [_hold_words(plan, name) for name, f in zip(reasons, row[5:], strict=True) if f]
     out.event = None if event is None else _moment(event)
-    end = _term_end(p, event)
+    end = _term_end(p, event, model.timezone)
     out.term_end = _moment(end) if end is not None else None
     again = "on the first run at or after " + (out.term_end or "its term end")
     if not covered:
