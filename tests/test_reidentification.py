@@ -390,3 +390,29 @@ def test_a_blocked_delete_policy_deletes_nothing_either(db: TestDatabase, tmp_pa
     assert result.policy("customers")["applied"] == 0
     assert int(scalar(db.engine, "SELECT COUNT(*) FROM customers")) == 8
     assert unchanged_witness(db) == before
+
+
+def test_a_preview_blocked_by_a_guard_shows_the_check_as_if_let_through(db: TestDatabase, tmp_path: Path) -> None:
+    """A first night's backlog is blocked (here: 100 % of the table due); its preview must still tell
+    the DPO whether letting it through would leave anonymous rows: k and below_k of every due row,
+    as plain SQL computes them, marked `if_let_through`. The blocked real run changes nothing and
+    reports the rows as they stay (none anonymised)."""
+    people = [(1950 + i, f"{1000 + i}") for i in range(3)] + [(1990, "2000")] * 6
+    create_shop(db.engine, people)
+    pf = write(tmp_path, db, customers_policy())
+    k, below, rows = expected_k(db, 5)
+    assert (k, below, rows) == (1, 3, 9)
+
+    preview = run_cli(pf, "--dry-run", fmt="text")
+    assert preview.exit_code == 3, preview
+    assert "[BLOCKED]" in preview.stdout
+    assert "of 9 anonymised row(s) if it is let through" in preview.stdout
+    assert "(if let through)" in preview.stdout
+    got = reid(run_cli(pf, "--dry-run"))
+    assert (got["k"], got["below_k"], got["rows"], got["if_let_through"]) == (k, below, rows, True)
+
+    before = unchanged_witness(db)
+    result = run_cli(pf)
+    assert result.exit_code == 3 and result.policy("customers")["applied"] == 0
+    assert reid(result)["rows"] == 0 and "if_let_through" not in reid(result)
+    assert unchanged_witness(db) == before

@@ -400,7 +400,7 @@ def execute_run(
                     outcome.warnings.append("approval: required: a real run applies this policy only from an "
                                             "approved plan (retention plan / approve / run --plan)")
                 if plan.policy.anonymises:
-                    _check_reidentification(outcome, engine, plan, plans, model)
+                    _check_reidentification(outcome, engine, plan, plans, model, dry_run)
                 if dry_run and (outcome.status == "ok" or plan.policy.name in ratchet):
                     # A preview of a changed policy shows what the change would do.
                     outcome.cascaded = counts.cascaded
@@ -641,19 +641,31 @@ def _guard_problem(plan: Plan, counts: Counts, history: guards.History, ratchet:
 
 
 def _check_reidentification(outcome: PolicyOutcome, engine: sa.Engine, plan: Plan, plans: Sequence[Plan],
-                            model: PolicyFile) -> None:
+                            model: PolicyFile, dry_run: bool) -> None:
     """Before anything of the policy is written: on the values the rows would hold afterwards,
-    so a failing policy touches nothing (exit 3)."""
+    so a failing policy touches nothing (exit 3).
+
+    A preview of a policy a guard blocked measures the rows as if it were let through (``--force``
+    or an approved plan): a first night's backlog is always blocked, and the DPO deciding whether to
+    let it through must see whether the result would be anonymous. A real run that stays blocked
+    reports the rows as they stay."""
+    as_if = dry_run and plan.blocked_by_guard
     t_check = time.monotonic()
-    with engine.connect() as conn:
-        reid = check_reidentification(conn, plan, plans, model)
-        conn.rollback()
+    try:
+        plan.blocked_by_guard = plan.blocked_by_guard and not as_if
+        with engine.connect() as conn:
+            reid = check_reidentification(conn, plan, plans, model)
+            conn.rollback()
+    finally:
+        plan.blocked_by_guard = plan.blocked_by_guard or as_if
     # What the check costs, every night (integer milliseconds, as the audit log wants).
     outcome.reidentification = reid.as_dict() | {"duration_ms": round((time.monotonic() - t_check) * 1000)}
+    if as_if:
+        outcome.reidentification["if_let_through"] = True
     if reid.passed:
         return
     if outcome.status == "blocked":
-        outcome.warnings.append(reid.failure())
+        outcome.warnings.append(f"{reid.failure()} (if let through)" if as_if else reid.failure())
     elif plan.policy.reidentification == "warn":
         outcome.warnings.append(f"{reid.failure()} (reidentification: warn: it runs anyway)")
     elif outcome.status == "ok":

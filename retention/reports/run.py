@@ -227,13 +227,15 @@ def _what_happens(o: PolicyOutcome, dry_run: bool) -> list[str]:
 
 def reidentification_lines(reid: dict[str, Any]) -> list[str]:
     """The check in words, with its numbers (shared with `validate`)."""
+    # A preview of a blocked policy measures what letting it through would leave.
+    after = "if it is let through" if reid.get("if_let_through") else "after this run"
     if not reid.get("rows"):
-        return ["re-identification: no anonymised rows (after this run) to check"]
+        return [f"re-identification: no anonymised rows ({after}) to check"]
     qi = ", ".join(reid.get("quasi_identifiers") or []) or "no column"
     verdict = "passes" if reid.get("passed") else "FAILS"
     links = ", ".join(f"{n} via {t}" for t, n in (reid.get("links") or {}).items())
     return [
-        f"re-identification ({verdict}): of {reid['rows']} anonymised row(s) after this run, the smallest group "
+        f"re-identification ({verdict}): of {reid['rows']} anonymised row(s) {after}, the smallest group "
         f"sharing {qi} has k = {reid['k']} row(s) (needed: {reid['k_anonymity']});",
         f"  {reid['below_k']} row(s) in smaller groups; {reid['linkable']} still linked by a foreign key to "
         f"kept personal data" + (f" ({links})" if links else ""),
