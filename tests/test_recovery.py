@@ -66,6 +66,22 @@ def _schema(engine: sa.Engine) -> None:
         conn.execute(messages.insert(), [{"id": i, "ticket_id": i, "body": f"b{i}"} for i in range(1, 36)])
 
 
+def _twins(db: TestDatabase, db_factory: Any, tmp_path: Path, purge: str) -> tuple[TestDatabase, Path, Path]:
+    """The schema on ``db`` and on a twin that one uninterrupted run has enforced; the policy
+    file and audit log path for ``db``."""
+    twin = db_factory(db.name)
+    for database in (db, twin):
+        _schema(database.engine)
+    (tmp_path / "twin").mkdir()
+    reference = tmp_path / "twin" / "policies.yaml"
+    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl", purge=purge))
+    assert _run(reference).returncode == 0
+    log = tmp_path / "audit.jsonl"
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(POLICY.format(url=db.url, audit=log, purge=purge))
+    return twin, policy, log
+
+
 def _run(policy: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **(extra_env or {})}
     return subprocess.run(
@@ -95,16 +111,7 @@ def test_kill_at_each_point_then_rerun_ends_as_an_uninterrupted_run(
         left_after_kill: int) -> None:
     """kill -9 at four points; the re-run recovers and ends with the same rows, value by value, as
     one uninterrupted run on a twin database (on SQLite, PostgreSQL and MariaDB)."""
-    twin = db_factory(db.name)
-    for database in (db, twin):
-        _schema(database.engine)
-    (tmp_path / "twin").mkdir()
-    reference = tmp_path / "twin" / "policies.yaml"
-    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl", purge="none"))
-    assert _run(reference).returncode == 0
-    log = tmp_path / "audit.jsonl"
-    policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY.format(url=db.url, audit=log, purge="none"))
+    twin, policy, log = _twins(db, db_factory, tmp_path, "none")
 
     killed = _run(policy, {"RETENTION_TEST_KILL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -171,16 +178,7 @@ def test_kill_before_or_inside_a_purge_then_rerun_purges_what_the_killed_run_rem
     """A run killed after its batches committed, before or half-way through its purge, wrote no
     `purge` result: the next run (nothing new due) still purges the tables the killed run changed,
     and ends with the rows of an uninterrupted run (on SQLite, PostgreSQL and MariaDB)."""
-    twin = db_factory(db.name)
-    for database in (db, twin):
-        _schema(database.engine)
-    (tmp_path / "twin").mkdir()
-    reference = tmp_path / "twin" / "policies.yaml"
-    reference.write_text(POLICY.format(url=twin.url, audit=tmp_path / "twin" / "audit.jsonl", purge="thorough"))
-    assert _run(reference).returncode == 0
-    log = tmp_path / "audit.jsonl"
-    policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICY.format(url=db.url, audit=log, purge="thorough"))
+    twin, policy, log = _twins(db, db_factory, tmp_path, "thorough")
 
     point = "purge" if where == "as the purge starts" else _INSIDE_PURGE[db.name]
     killed = _run(policy, {"RETENTION_TEST_KILL_AT": point})
