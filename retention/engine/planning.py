@@ -466,11 +466,17 @@ class Plan:
         ]
         if anonymise:
             sums.append(sa.func.coalesce(sa.func.sum(per_key.c.rt_p), 0))
+        shared_cte = dialects.computes_cte_once(conn.dialect.name)
         if cascade and self.tree:
-            # Removable = due and not among the held-back keys just collected.
-            sums += self._cascade_columns(
-                lambda r: sa.and_(self.due(r), r.c[self.key.name].not_in(sa.select(per_key.c.rt_k)))
-            )
+            if shared_cte:
+                # Removable = due and not among the held-back keys just collected.
+                sums += self._cascade_columns(
+                    lambda r: sa.and_(self.due(r), r.c[self.key.name].not_in(sa.select(per_key.c.rt_k)))
+                )
+            else:
+                # The CTE would be computed again for the NOT IN: count the held-back keys' cascade
+                # rows per key instead, and subtract them from the due rows' below.
+                sums += self._cascade_per_key(per_key.c.rt_k)
         agg = conn.execute(sa.select(sa.func.count(), *sums).select_from(per_key)).one()
         counts.deferred = int(agg[0])
         for i, edge in enumerate(edges):
@@ -481,8 +487,21 @@ class Plan:
             counts.to_anonymise = int(agg[1 + len(edges)])
         if cascade and self.tree:
             found = agg[1 + len(edges) + int(anonymise):]
+            if not shared_cte:
+                # Every cascade row hangs under one policy row, and the held-back keys are due
+                # keys: the removable rows' cascade = the due rows' minus the held-back rows'.
+                of_due = conn.execute(sa.select(*self._cascade_columns(self.due))).one()
+                found = [int(d) - int(h or 0) for d, h in zip(of_due, found, strict=True)]
             counts.cascaded = {m: int(n) for m, n in zip(self.tree, found, strict=True)}
         return counts
+
+    def _cascade_per_key(self, key: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
+        """Per cascade table, the sum over the rows of ``key``'s table of the cascade rows under
+        each key: a correlated count through the foreign-key indexes."""
+        t = self.table.alias("rt_h")
+        return [sa.func.coalesce(sa.func.sum(
+            sa.select(sa.func.count()).select_from(t).where(*conds, t.c[self.key.name] == key).scalar_subquery()
+        ), 0) for conds in (self._owned(member, t)[1] for member in self.tree)]
 
     def _cascade_columns(self, removable: Pred) -> list[sa.ScalarSelect[Any]]:
         """Per cascade table, the number of its rows under the rows ``removable`` selects.
