@@ -58,3 +58,74 @@ def test_locale_check_without_faker_knows_the_same_locales() -> None:
 
     assert all(_faker_has_locale(locale) for locale in AVAILABLE_LOCALES)
     assert not any(_faker_has_locale(x) for x in ["xx_YY", "nl_XX", "../nl_NL", "", "nl_NL/..", "address"])
+
+
+# The collector during start-up (cli/app.py, _startup_done): off while the command's modules are
+# imported and the policy file loads, then what start-up made is frozen and collection resumes.
+_GC_SPY = (
+    "import gc, json, sys\n"
+    "import {module} as target\n"
+    "seen = []\n"
+    "real = target.{function}\n"
+    "def spy(*args, **kwargs):\n"
+    "    seen.append({{'enabled': gc.isenabled(), 'frozen': gc.get_freeze_count()}})\n"
+    "    return real(*args, **kwargs)\n"
+    "target.{function} = spy\n"
+    "sys.argv = ['retention', *{argv!r}]\n"
+    "from retention.cli import main\n"
+    "try:\n    main()\n"
+    "except SystemExit as exc:\n    code = exc.code\n"
+    "sys.stdout.write('\\nGC ' + json.dumps({{'seen': seen, 'code': code}}))\n"
+)
+
+
+def _gc_seen(module: str, function: str, argv: list[str], cwd: Path) -> dict:
+    code = _GC_SPY.format(module=module, function=function, argv=argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.rsplit("GC ", 1)[1])
+
+
+def _tickets_policy(tmp_path: Path) -> Path:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE tickets (id INTEGER PRIMARY KEY, closed_at DATETIME)")
+        conn.exec_driver_sql("INSERT INTO tickets VALUES (1, '2026-11-01 10:00:00')")
+    engine.dispose()
+    return write_policies(tmp_path / "policies.yaml", url, [
+        {"name": "tickets", "table": "tickets", "after": "closed_at", "retain": "2 years", "action": "delete"}])
+
+
+def test_run_collects_garbage_again_once_started_with_start_up_frozen(tmp_path: Path) -> None:
+    policy = _tickets_policy(tmp_path)
+    out = _gc_seen("retention.engine.runner", "execute_run",
+                   ["--policies", str(policy), "--log-format", "json", "run", "--as-of", "2026-11-24T03:00:00",
+                    "--format", "json"], tmp_path)
+    assert out["code"] == 0
+    [seen] = out["seen"]
+    assert seen["enabled"]
+    assert seen["frozen"] > 10_000  # the imported modules, the policy model, ...
+
+
+def test_a_command_without_a_policy_file_collects_garbage_in_its_body(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b"")
+    out = _gc_seen("retention.audit.log", "head", ["audit", "head", "--log", str(log)], tmp_path)
+    assert out["code"] == 0
+    [seen] = out["seen"]
+    assert seen["enabled"]
+
+
+def test_a_caller_passing_its_own_args_keeps_its_collector(tmp_path: Path) -> None:
+    import gc
+
+    from click.testing import CliRunner
+
+    from retention.cli import main
+
+    frozen = gc.get_freeze_count()
+    assert gc.isenabled()
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

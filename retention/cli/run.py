@@ -23,6 +23,7 @@ from retention.cli.app import (
     _ping_failure,
     _progress_factory,
     _State,
+    _until_load,
     _width,
     main,
 )
@@ -34,6 +35,7 @@ from retention.errors import EXIT_FAILED, UsageError
 @_global_options()
 @click.pass_obj
 @_guard
+@_until_load
 def validate(state: _State, database: str | None, database_index: int | None) -> None:
     """Check the policy file against every database it names. Writes nothing.
 
@@ -110,6 +112,7 @@ def validate(state: _State, database: str | None, database_index: int | None) ->
 @_global_options()
 @click.pass_obj
 @_guard
+@_until_load
 def run(state: _State, dry_run: bool, policy_names: tuple[str, ...], as_of: str | None, fmt: str,
         output: str | None, keys_file: str | None, force: bool, accept_changes: tuple[str, ...], record: bool,
         plan_path: str | None, plan_max_age: str, metrics_file: str | None, database: str | None,
@@ -231,6 +234,7 @@ def _write_metrics(state: _State, path: Path, result: Any, exit_code: int, start
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj
 @_guard
+@_until_load
 def explain(state: _State, policy_name: str, key: str, as_of: str | None, fmt: str) -> None:
     """One row's event, term end, and fate tonight, and why. Reads only.
 
