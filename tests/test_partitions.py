@@ -315,3 +315,41 @@ def test_partition_bounds_are_read_from_the_catalog(server_db: TestDatabase) -> 
         md2 = sa.MetaData()
         conn.exec_driver_sql("CREATE TABLE flat (id INTEGER PRIMARY KEY)")
         assert range_partitions(conn, sa.Table("flat", md2, autoload_with=conn)) is None
+
+
+def test_a_year_aligned_term_drops_the_year_partition_on_new_years_day(server_db: TestDatabase,
+                                                                       tmp_path: Path) -> None:
+    """`align: end_of_year`: the term of 2023's events ends at 2023-12-31 23:59:59.999999 + 2 years,
+    and the 2023 partition holds exactly the values below 2024-01-01, so at 2026-01-01 00:00 it goes
+    whole (one statement); a second earlier only 2022's does. Before, an exclusive bound one
+    microsecond after the cut-off kept every year-aligned partition out of reach."""
+    with server_db.engine.begin() as conn:
+        if server_db.name == "postgresql":
+            conn.exec_driver_sql("CREATE TABLE events (id bigint NOT NULL, happened_at timestamp NOT NULL, "
+                                 "legal_hold boolean NOT NULL DEFAULT false, PRIMARY KEY (id, happened_at)) "
+                                 "PARTITION BY RANGE (happened_at)")
+            conn.exec_driver_sql("CREATE TABLE p2022 PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('2023-01-01')")
+            conn.exec_driver_sql("CREATE TABLE p2023 PARTITION OF events FOR VALUES FROM ('2023-01-01') "
+                                 "TO ('2024-01-01')")
+            conn.exec_driver_sql("CREATE TABLE pmax PARTITION OF events FOR VALUES FROM ('2024-01-01') TO (MAXVALUE)")
+        else:
+            conn.exec_driver_sql(
+                "CREATE TABLE events (id BIGINT NOT NULL, happened_at DATETIME NOT NULL, "
+                "legal_hold BOOLEAN NOT NULL DEFAULT 0, PRIMARY KEY (id, happened_at)) "
+                "PARTITION BY RANGE (YEAR(happened_at)) (PARTITION p2022 VALUES LESS THAN (2023), "
+                "PARTITION p2023 VALUES LESS THAN (2024), PARTITION pmax VALUES LESS THAN MAXVALUE)")
+        rows = {1: "2022-12-31 23:59:59", 2: "2023-01-01 00:00:00", 3: "2023-12-31 23:59:59", 4: "2024-01-01 00:00:00"}
+        for i, at in rows.items():
+            conn.execute(sa.text("INSERT INTO events (id, happened_at) VALUES (:i, :a)"), {"i": i, "a": at})
+    policy = write_policies(tmp_path / "policies.yaml", server_db.url,
+                            [{**POLICY, "align": "end_of_year", "batch_size": 10}], timezone="UTC")
+
+    before = run_cli(policy, as_of="2025-12-31T23:59:59")
+    assert before.exit_code == 0, before
+    assert [p["partition"] for p in before.policy("events")["partitions"]] == ["p2022"]
+    assert _ids(server_db) == {2, 3, 4} and _partitions(server_db) == {"p2023", "pmax"}
+
+    on_the_day = run_cli(policy, as_of="2026-01-01T00:00:00")
+    assert on_the_day.exit_code == 0, on_the_day
+    assert on_the_day.policy("events")["partitions"] == [{"partition": "p2023", "rows": 2}]
+    assert _ids(server_db) == {4} and _partitions(server_db) == {"pmax"}

@@ -2,20 +2,20 @@
 
 A delete policy on a table range-partitioned on its ``after`` column (PostgreSQL declarative
 range partitions, MariaDB ``RANGE``/``RANGE COLUMNS``) first looks at the partitions whose
-whole range is past the term: the partition's exclusive upper bound is at or before the
-cut-off, in the column's own terms (an instant for a column with a time zone, wall-clock time
-otherwise, ``after_timezone`` applied; a DATE column's last day at or before the last due
-day). A bound inside a month-end window is not past the term here (conservative: those rows
-go by batches). Such a partition is dropped whole only if every row in it is due by the
-policy's own predicate (``where``, holds of the policy and linked ones, readable dates: a
-MariaDB zero date is not due) and none is blocked (referenced by a row that stays). Anything
-else falls back to the row batches of :mod:`retention.engine.execution`, which also take the
-rest of the table.
+whole range is past the term: the last value below the partition's exclusive upper bound (one
+microsecond below it) is at or before the cut-off, in the column's own terms (an instant for a
+column with a time zone, wall-clock time otherwise, ``after_timezone`` applied; a DATE column's
+last day at or before the last due day). A bound inside a month-end window is not past the term
+here (conservative: those rows go by batches). Such a partition is dropped whole only if every
+row in it is due by the policy's own predicate (``where``, holds of the policy and linked ones,
+readable dates: a MariaDB zero date is not due) and none is blocked (referenced by a row that
+stays). Anything else falls back to the row batches of :mod:`retention.engine.execution`, which
+also take the rest of the table.
 
-The keys go into the audit log first, as ``batch`` intents naming the partition (in chunks
-of :data:`KEYS_PER_ENTRY`), with the partition locked against writers; then the drop; then
-``batch.committed``. PostgreSQL detaches and drops inside the transaction that holds the
-lock; MariaDB holds ``LOCK TABLES ... WRITE`` across its (self-committing) ``DROP PARTITION``.
+The keys go into the audit log first, as ``batch`` intents naming the partition (in chunks of
+:data:`KEYS_PER_ENTRY`), with the partition locked against writers; then the drop; then
+``batch.committed``. PostgreSQL detaches and drops inside the transaction that holds the lock;
+MariaDB holds ``LOCK TABLES ... WRITE`` across its (self-committing) ``DROP PARTITION``.
 """
 
 from __future__ import annotations
@@ -67,9 +67,13 @@ def _past_term(plan: Plan, upper: Any) -> bool:
             upper = dt.datetime.combine(upper, dt.time())
         if not isinstance(upper, dt.datetime):
             return False
+        # The bound is exclusive and no database stores finer than a microsecond: the partition's
+        # last possible value is one microsecond below it. An aligned term ends at 23:59:59.999999,
+        # so a year partition (to 1 January) is past the term exactly when its last day is.
+        last = upper - dt.timedelta(microseconds=1)
         if upper.tzinfo is not None:
-            return upper <= cut.instant
-        return upper <= cut.local
+            return last <= cut.instant
+        return last <= cut.local
     # A DATE column: the partition's last day is the day before its bound (or the bound's day,
     # for a bound later than midnight); due days end at cut.date, month-end windows included.
     if isinstance(upper, dt.datetime):
