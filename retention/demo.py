@@ -37,7 +37,7 @@ from faker import Faker
 
 from retention.errors import InvalidInput
 
-__all__ = ["DemoSummary", "build_demo", "create_shop", "shop_metadata", "TABLES"]
+__all__ = ["DemoSummary", "build_demo", "build_in", "create_shop", "shop_metadata", "TABLES"]
 
 #: The shop's tables, parents before children (the order rows are inserted in).
 TABLES: tuple[str, ...] = ("accounts", "orders", "invoices", "invoice_lines", "tickets", "ticket_messages")
@@ -833,6 +833,25 @@ def create_shop(
         counts=dict(gen.last_id),  # ids are 1..n per table
         seconds=time.perf_counter() - started,
     )
+
+
+def build_in(url: str, accounts: int = 10_000, seed: int = 42, today: datetime.date | None = None) -> DemoSummary:
+    """Builds the demo shop in the (empty) database at ``url``; see :func:`create_shop`."""
+    from retention.databases.dialects import create_engine
+    from retention.errors import DatabaseUnreachable
+
+    engine = create_engine(url, secure_delete=False, statement_timeout=0, name="demo")
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise DatabaseUnreachable(f"demo: cannot connect to {engine.url.render_as_string(hide_password=True)}: "
+                                  f"{first[0] if first else type(exc).__name__}") from None
+    try:
+        return create_shop(engine, accounts=accounts, seed=seed, today=today)
+    finally:
+        engine.dispose()
 
 
 def _sqlite_engine(path: pathlib.Path) -> sa.Engine:

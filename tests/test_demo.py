@@ -481,3 +481,24 @@ def test_demo_as_of_rejects_a_future_day_or_a_non_date_with_exit_2(tmp_path: Pat
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not path.exists()
+
+
+def test_demo_url_builds_the_same_shop_in_a_server_database(server_db: Any, tmp_path: Path) -> None:
+    """`retention demo --url` fills an empty PostgreSQL or MariaDB database with the shop the same seed
+    and date give in SQLite (row counts per table, by plain SQL); a second build into it is refused
+    (exit 2, nothing touched), as is a database that cannot be reached."""
+    today = "2026-11-24"
+    out = invoke(["demo", "--url", server_db.url, "--accounts", "120", "--seed", "7", "--as-of", today])
+    assert out.exit_code == 0, out
+    sqlite_shop = build_demo(tmp_path / "twin.db", accounts=120, seed=7, today=dt.date(2026, 11, 24))
+    with server_db.engine.connect() as conn:
+        counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
+    assert counts == sqlite_shop.counts and counts["accounts"] == 120
+
+    again = invoke(["demo", "--url", server_db.url, "--accounts", "5"])
+    assert again.exit_code == 2 and "already has shop data" in again.stderr
+    with server_db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM accounts")).scalar_one() == 120
+
+    gone = invoke(["demo", "--url", "postgresql+psycopg://nobody@127.0.0.1:1/none", "--accounts", "5"])
+    assert gone.exit_code == 2 and "cannot" in gone.stderr and "Traceback" not in gone.stderr

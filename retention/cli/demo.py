@@ -22,24 +22,34 @@ from retention.cli.app import (
 @click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same shop.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@click.option("--url", "url", metavar="URL",
+              help="Build in this database instead of a SQLite file (PostgreSQL or MariaDB; it must hold no "
+                   "shop data yet).")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Build the shop as it stood on DATE (YYYY-MM-DD, not in the future; default today). "
                    "An earlier date gives a shop whose terms have not been enforced since: a first-run backlog.")
 @_global_options()
 @click.pass_obj
 @_guard
-def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None) -> None:
-    """Build a demo web-shop database (SQLite) with ten years of Dutch test data.
+def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None,
+         url: str | None) -> None:
+    """Build a demo web-shop database (SQLite, or --url) with ten years of Dutch test data.
 
     \b
     Examples:
       retention demo                                   var/demo.db, 10,000 accounts, up to today
       retention demo --accounts 1000000 --path big.db  a million accounts
       retention demo --as-of 2024-11-24                two years of backlog for tonight's run
+      retention demo --url postgresql+psycopg://postgres@localhost/shop
     """
     from retention import demo as demo_mod
 
     today = demo_mod.parse_today(as_of) if as_of else None
+    if url is not None:
+        summary = demo_mod.build_in(url, accounts=accounts, seed=seed, today=today)
+        counts = ", ".join(f"{n} {t}" for t, n in summary.counts.items())
+        click.echo(f"{summary.url}: {counts}")
+        return
     target = Path(path)
     if overwrite and target.exists():
         for suffix in ("", "-journal", "-wal", "-shm"):
