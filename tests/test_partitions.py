@@ -353,3 +353,32 @@ def test_a_year_aligned_term_drops_the_year_partition_on_new_years_day(server_db
     assert on_the_day.exit_code == 0, on_the_day
     assert on_the_day.policy("events")["partitions"] == [{"partition": "p2023", "rows": 2}]
     assert _ids(server_db) == {4} and _partitions(server_db) == {"pmax"}
+
+
+def test_partitions_are_not_read_as_tables_of_their_own(db_factory: Any, tmp_path: Path) -> None:
+    """PostgreSQL lists each partition as a table with a clone of its parent's foreign key: a
+    person referenced by an event is deferred because of `events`, once, not also because of
+    the partition that holds the event; `validate` names no partition."""
+    db = db_factory("postgresql")
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (id bigint PRIMARY KEY, left_at timestamp)")
+        conn.exec_driver_sql("CREATE TABLE events (id bigint NOT NULL, happened_at timestamp NOT NULL, "
+                             "person_id bigint REFERENCES people (id), PRIMARY KEY (id, happened_at)) "
+                             "PARTITION BY RANGE (happened_at)")
+        conn.exec_driver_sql("CREATE TABLE ev2025 PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('2026-01-01')")
+        conn.exec_driver_sql("CREATE TABLE evmax PARTITION OF events FOR VALUES FROM ('2026-01-01') TO (MAXVALUE)")
+        conn.exec_driver_sql("INSERT INTO people VALUES (1, '2020-01-01'), (2, '2020-01-01'), (3, '2020-01-01')")
+        conn.exec_driver_sql("INSERT INTO events VALUES (1, '2025-06-01', 1), (2, '2026-06-01', 2)")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "people", "table": "people", "after": "left_at", "retain": "2 years", "action": "delete",
+         "max_fraction": 1.0}], timezone="UTC")
+    checked = invoke(["--policies", str(policy), "validate"])
+    assert checked.exit_code == 0, checked
+    assert "ev2025" not in checked.stdout + checked.stderr and "evmax" not in checked.stdout + checked.stderr
+
+    result = run_cli(policy, "--force", as_of=AS_OF)
+    assert result.exit_code == 0, result
+    out = result.policy("people")
+    assert (out["deferred"], out["deferred_reasons"], out["applied"]) == (2, {"events": 2}, 1)
+    with db.engine.connect() as conn:
+        assert sorted(r[0] for r in conn.execute(sa.text("SELECT id FROM people"))) == [1, 2]

@@ -687,6 +687,20 @@ _PG_UPPER = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$")
 _QUOTED = re.compile(r"^'((?:[^']|'')*)'$")
 
 
+def partition_tables(engine: sa.Engine) -> set[str]:
+    """Tables of the default schema that are partitions of another table. PostgreSQL lists them
+    as tables, with a clone of the parent's foreign keys each; read as tables of their own they
+    would count every referencing row twice (once as the parent's). MariaDB's partitions are
+    not tables."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text(
+            "SELECT c.relname FROM pg_class c WHERE c.relispartition "
+            "AND c.relnamespace = to_regnamespace(current_schema())"
+        )).scalars())
+
+
 def range_partitions(conn: sa.Connection, table: sa.Table) -> list[RangePartition] | None:
     """The range partitions of ``table`` on one column, read from the catalog; None when the
     table is not range-partitioned on a single column (or the database has no partitions).

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from retention.anonymisation import strategies
+from retention.databases import dialects
 from retention.policy.model import Policy, PolicyFile
 
 
@@ -48,10 +49,13 @@ def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
     """Reflect the named tables and every table that references them. Returns (schema, missing)."""
     wanted = set(names)
     insp = sa.inspect(engine)
-    existing = set(insp.get_table_names())
+    partitions = dialects.partition_tables(engine)
+    existing = set(insp.get_table_names()) - partitions
     missing = wanted - existing
     edges: list[Edge] = []
     for (_, child), fks in insp.get_multi_foreign_keys().items():
+        if child in partitions:
+            continue  # its parent's foreign keys cover its rows
         for fk in fks:
             if fk.get("referred_schema") not in (None, insp.default_schema_name):
                 continue
