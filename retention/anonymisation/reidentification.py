@@ -108,7 +108,9 @@ def quasi_identifiers(plan: Plan, t: sa.FromClause, dialect: str) -> list[tuple[
 def anonymised_after_run(plan: Plan, t: sa.FromClause) -> sa.ColumnElement[bool]:
     """Rows of ``t`` that the policy has anonymised, or will anonymise in this run."""
     policy = plan.policy
-    after = t.c[policy.after]
+    # Off the index on a backlog, as the counts before it: walking the `after` index over a third of
+    # a 1M-row table and fetching each row took 3.5 s on SQLite, a scan 0.9 s.
+    after = plan.after(t)
     # Past the term and in scope: Plan.past_term without its "still to anonymise" condition.
     base = [after.is_not(None), in_term_end(after, plan.table.c[policy.after], plan.cutoff),
             *[match(t, c, v) for c, v in policy.where.items()]]

@@ -146,21 +146,23 @@ class Plan:
         zone = self.policy.after_timezone
         return self.cutoff.in_zone(zone) if zone else self.cutoff
 
-    def _after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
+    def after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
+        """``t``'s ``after`` column, kept off its index when a backlog makes scanning cheaper
+        (:meth:`_choose_access`): every statement over the due range should use this."""
         after = t.c[self.policy.after]
         return dialects.unindexed(after, self.scan) if self.scan else after
 
     def readable(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         """``after`` holds a real date (see dialects.readable_date); never NULL for a non-NULL value."""
         # No upper bound: every caller also compares with the cut-off.
-        return dialects.readable_date(self._after(t), self.table.c[self.policy.after], self.schema.dialect,
+        return dialects.readable_date(self.after(t), self.table.c[self.policy.after], self.schema.dialect,
                                       upper=False)
 
     def past_term(self, t: sa.FromClause, readable: bool = True) -> sa.ColumnElement[bool]:
         """Rows whose event is at or before the cut-off. With ``readable=False``, also the rows
         whose ``after`` is not a date but compares as stored at or before it (for counting them:
         a plain comparison would take them as due)."""
-        after = self._after(t)
+        after = self.after(t)
         cond = [after.is_not(None), _in_term_end(after, self.table.c[self.policy.after], self.column_cutoff)]
         cond += [_match(t, c, v) for c, v in self.policy.where.items()]
         if readable:  # after the plain comparisons: SQLite stops at the first false term
