@@ -382,3 +382,29 @@ def test_partitions_are_not_read_as_tables_of_their_own(db_factory: Any, tmp_pat
     assert (out["deferred"], out["deferred_reasons"], out["applied"]) == (2, {"events": 2}, 1)
     with db.engine.connect() as conn:
         assert sorted(r[0] for r in conn.execute(sa.text("SELECT id FROM people"))) == [1, 2]
+
+
+def test_a_policy_may_still_name_a_partition_itself(db_factory: Any, tmp_path: Path) -> None:
+    """Partitions are left out of the schema only where no policy names them: a policy on one
+    partition validates and deletes its due rows (and only those), by plain SQL afterwards."""
+    db = db_factory("postgresql")
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE events (id bigint NOT NULL, happened_at timestamp NOT NULL, "
+                             "PRIMARY KEY (id, happened_at)) PARTITION BY RANGE (happened_at)")
+        conn.exec_driver_sql("CREATE TABLE ev_old PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('2026-01-01')")
+        conn.exec_driver_sql("CREATE TABLE ev_new PARTITION OF events FOR VALUES FROM ('2026-01-01') TO (MAXVALUE)")
+        conn.exec_driver_sql("INSERT INTO events VALUES (1, '2020-01-01'), (2, '2025-06-01'), (3, '2026-06-01')")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "old_events", "table": "ev_old", "key": "id", "after": "happened_at", "retain": "2 years",
+         "action": "delete", "max_fraction": 1.0}], timezone="UTC")
+    checked = invoke(["--policies", str(policy), "validate"])
+    assert checked.exit_code == 0, checked
+    result = run_cli(policy, "--force", as_of=AS_OF)
+    assert result.exit_code == 0, result
+    assert result.policy("old_events")["applied"] == 1
+    assert _ids_of(db, "events") == {2, 3}
+
+
+def _ids_of(db: TestDatabase, table: str) -> set[int]:
+    with db.engine.connect() as conn:
+        return {r[0] for r in conn.execute(sa.text(f"SELECT id FROM {table}"))}

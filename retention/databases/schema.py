@@ -49,7 +49,8 @@ def reflect(engine: sa.Engine, names: Iterable[str]) -> tuple[Schema, set[str]]:
     """Reflect the named tables and every table that references them. Returns (schema, missing)."""
     wanted = set(names)
     insp = sa.inspect(engine)
-    partitions = dialects.partition_tables(engine)
+    # A partition a policy names itself stays a table; the others are their parent's rows.
+    partitions = dialects.partition_tables(engine) - wanted
     existing = set(insp.get_table_names()) - partitions
     missing = wanted - existing
     edges: list[Edge] = []
