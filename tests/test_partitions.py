@@ -402,9 +402,4 @@ def test_a_policy_may_still_name_a_partition_itself(db_factory: Any, tmp_path: P
     result = run_cli(policy, "--force", as_of=AS_OF)
     assert result.exit_code == 0, result
     assert result.policy("old_events")["applied"] == 1
-    assert _ids_of(db, "events") == {2, 3}
-
-
-def _ids_of(db: TestDatabase, table: str) -> set[int]:
-    with db.engine.connect() as conn:
-        return {r[0] for r in conn.execute(sa.text(f"SELECT id FROM {table}"))}
+    assert _ids(db) == {2, 3}
