@@ -36,14 +36,7 @@ def test_help_imports_no_engine_driver_model_or_faker() -> None:
 
 
 def test_nothing_due_run_on_sqlite_imports_no_faker_and_no_server_driver(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'shop.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE tickets (id INTEGER PRIMARY KEY, closed_at DATETIME)")
-        conn.exec_driver_sql("INSERT INTO tickets VALUES (1, '2026-11-01 10:00:00')")
-    engine.dispose()
-    policy = write_policies(tmp_path / "policies.yaml", url, [
-        {"name": "tickets", "table": "tickets", "after": "closed_at", "retain": "2 years", "action": "delete"}])
+    policy = _tickets_policy(tmp_path)
     loaded = _modules_after(["--policies", str(policy), "--log-format", "json", "run",
                              "--as-of", "2026-11-24T03:00:00", "--format", "json"])
     assert "sqlalchemy.dialects.sqlite" in loaded  # it did run
