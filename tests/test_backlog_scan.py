@@ -2,7 +2,7 @@
 
 When more than a fifth of a table is past its term, SQLite (which has no range statistics) is
 steered to scan the table instead of fetching a third of it row by row through the ``after``
-index (planning.Plan._choose_access, dialects.unindexed). That changes every statement's text,
+index (planning.Plan.choose_access, dialects.unindexed). That changes every statement's text,
 so the boundary cases are checked again on a table large enough to take that path, and on
 PostgreSQL and MariaDB (where the path is off) for the same answer.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import ids, run_cli, write_policies
+from helpers import ids, invoke, run_cli, write_policies
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -146,5 +146,11 @@ def test_the_reidentification_check_scans_the_backlog_too(db: TestDatabase, tmp_
     assert preview.exit_code == 0, preview
     reid = preview.policy("events")["reidentification"]
     assert (reid["rows"], reid["k"], reid["below_k"]) == (OLD, 1, 1)
+    check = [s for s in seen if "rt_groups" in s]
+    assert len(check) == 1 and ("(+ " in check[0]) == (db.name == "sqlite")
+    # validate measures it too, without counting first: the same choice, the same numbers.
+    with statements() as seen:
+        checked = invoke(["--policies", str(pf), "--log-format", "json", "validate"])
+    assert checked.exit_code == 0, checked
     check = [s for s in seen if "rt_groups" in s]
     assert len(check) == 1 and ("(+ " in check[0]) == (db.name == "sqlite")

@@ -148,7 +148,7 @@ class Plan:
 
     def after(self, t: sa.FromClause) -> sa.ColumnElement[Any]:
         """``t``'s ``after`` column, kept off its index when a backlog makes scanning cheaper
-        (:meth:`_choose_access`): every statement over the due range should use this."""
+        (:meth:`choose_access`): every statement over the due range should use this."""
         after = t.c[self.policy.after]
         return dialects.unindexed(after, self.scan) if self.scan else after
 
@@ -379,11 +379,15 @@ class Plan:
         return columns
 
     # -- counting ---------------------------------------------------------------------------
-    def _choose_access(self, conn: sa.Connection, total: int) -> None:
+    def choose_access(self, conn: sa.Connection, total: int | None = None) -> None:
         """On a range-blind database, probe the ``after`` index: when more than a fifth of the
         table is past its term (a first run's backlog), have every later statement scan."""
         dialect = conn.dialect.name
-        if not dialects.range_blind(dialect) or not total:
+        if not dialects.range_blind(dialect):
+            return
+        if total is None:
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
+        if not total:
             return
         after = self.table.c[self.policy.after]
         limit = max(1_000, total // 5)
@@ -401,7 +405,7 @@ class Plan:
         t = self.table
         one = sa.literal(1)
         total = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-        self._choose_access(conn, int(total))
+        self.choose_access(conn, int(total))
 
         def tally(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((cond, one), else_=0)), 0)
