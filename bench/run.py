@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import checks_cost  # noqa: E402
 import partitions as partition_workload  # noqa: E402
 import peers  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
@@ -537,6 +538,7 @@ class Bench:
         built = target.build(sqlite_src, a.rebuild)
         run["info"]["build_s"] = src_build_s if target.name == "sqlite" else built
         run["info"]["version"] = target.version()
+        run["info"]["repeat"] = a.repeat
         samples: dict[str, list[dict[str, Any]]] = run["samples"]
 
         def add(name: str, sample: dict[str, Any]) -> None:
@@ -637,10 +639,52 @@ class Bench:
             lines = sum(1 for _ in audit.open("rb")) if audit.exists() else 0
             add("verify", {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"],
                            "log_bytes": size, "log_lines": lines})
+        if a.checks:
+            run["checks"] = self.bench_checks(target, base)
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
         target.cleanup()
         return run
+
+    # -- the checks' cost ----------------------------------------------------------------------
+    def bench_checks(self, target: Target, base: Path) -> dict[str, Any]:
+        """bench/checks_cost.py: the shop's policies run for real (purge none) in one process, on
+        a fresh copy each time, with an audit log an earlier real run of the same backlog wrote;
+        variants all (checks timed), no_unreadable, no_holds (see that file)."""
+        a = self.args
+        d = base / "checks"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        audit, history = d / "audit.jsonl", d / "history.jsonl"
+        policy = write_policy(d / "shop.yaml", target.work_url, "none", audit, SHOP_POLICIES)
+        script = [sys.executable, str(HERE / "checks_cost.py"), "--policies", str(policy), "--as-of", a.as_of]
+        out: dict[str, Any] = {"samples": {v: [] for v in checks_cost.VARIANTS}, "load": []}
+        # The earlier night: its audit log is the history every measured run reads.
+        target.reset(list(TABLES))
+        res = run_process([*script, "--variant", "all"], d, self.env)
+        if res["rc"] != 0:
+            log(f"  ! checks: history run exited {res['rc']}: {res['stderr'][-600:]}")
+            return out
+        audit.rename(history)
+        for rep in range(a.checks_repeat):
+            order = list(checks_cost.VARIANTS)
+            if rep % 2:
+                order.reverse()
+            for variant in order:
+                target.reset(list(TABLES))
+                shutil.copyfile(history, audit)
+                out["load"].append(os.getloadavg()[0])
+                res = run_process([*script, "--variant", variant], d, self.env)
+                try:
+                    sample = json.loads(res["stdout"].strip().splitlines()[-1]) | {"rc": res["rc"]}
+                except (ValueError, IndexError):
+                    sample = {"rc": res["rc"], "error": res["stderr"][-600:]}
+                    log(f"  ! checks {variant} exited {res['rc']}: {res['stderr'][-600:]}")
+                out["samples"][variant].append(sample)
+                timers = {k: round(v, 3) for k, v in (sample.get("timers") or {}).items()}
+                log(f"  checks {target.label} {target.accounts:,} {variant}: "
+                    f"{sample.get('seconds', float('nan')):.2f} s, timers {timers}")
+        return out
 
     # -- everything ------------------------------------------------------------------------
     def main(self) -> int:
@@ -650,6 +694,9 @@ class Bench:
         today = data_day(a.as_of, a.backlog_years)
         meta = self.results["meta"]
         meta.update(machine_info())
+        # --resume adds to earlier results: keep every command that contributed.
+        meta["commands"] = [*(meta.get("commands") or ([meta["command"]] if meta.get("command") else [])),
+                            command_line()] if a.resume else [command_line()]
         meta.update(command=command_line(), as_of=a.as_of, data_day=today.isoformat(),
                     backlog_years=a.backlog_years, seed=SEED, repeat=a.repeat,
                     orm_max_accounts=a.orm_max_accounts, orm_timeout=a.orm_timeout,
@@ -740,7 +787,8 @@ class Bench:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         engine = sa.create_engine(url)
-        run: dict[str, Any] = {"database": name, "rows": rows, "samples": {"partition": [], "rows": []},
+        run: dict[str, Any] = {"database": name, "rows": rows, "repeat": a.repeat,
+                               "samples": {"partition": [], "rows": []},
                                "expiring": None, "load": []}
         try:
             for rep in range(a.repeat):
@@ -879,6 +927,38 @@ HELP_LIMIT_S, NOTHING_DUE_LIMIT_S = 0.15, 0.35
 PARTITION_FACTOR = 50
 
 
+CHECKS_SHARE = 0.10
+
+
+def checks_shares(checks: dict[str, Any]) -> list[tuple[str, str, float | None, str]]:
+    """Per check: (key, label, its share of the run, how it was found). Timed checks: their
+    timer's median over the median run; the others: the run minus the run without them."""
+    s = checks["samples"]
+    run_s = med(s.get("all"), "seconds")
+
+    def timer(name: str) -> float | None:
+        vals = [x["timers"].get(name, 0.0) for x in s.get("all", []) if x.get("rc") == 0 and "timers" in x]
+        return statistics.median(vals) if vals else None
+
+    out: list[tuple[str, str, float | None, str]] = []
+    for key, label in (("reidentification", "re-identification"), ("ratchet", "policy ratchet (audit history)")):
+        t = timer(key)
+        share = ratio(t, run_s)
+        out.append((key, label, share, f"{fmt(share, '.1%')} ({fmt(t, '.3f')} s of {fmt(run_s)} s, timed in the run)"))
+    for key, label, variant in (("unreadable", "unreadable dates", "no_unreadable"),
+                                ("holds", "holds (exclude, linked, registry)", "no_holds")):
+        without = med(s.get(variant), "seconds")
+        diff = None if run_s is None or without is None else run_s - without
+        share = ratio(diff, run_s)
+        extra = ""
+        if key == "holds":
+            extra = f"; registry reads {fmt(timer('holds_registry'), '.3f')} s"
+        out.append((key, label, share,
+                    f"{fmt(share, '.1%')} (run {fmt(run_s)} s [{spread(s.get('all'))}] vs {fmt(without)} s "
+                    f"[{spread(s.get(variant))}] without{extra})"))
+    return out
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs = {(r["database"], r["accounts"]): r for r in results["runs"] if r["samples"]}
     out: list[dict[str, Any]] = []
@@ -959,6 +1039,16 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         elif db in ("sqlite", "postgresql"):
             add("10M accounts: time ≤ 11x and peak RSS ≤ 1.3x the 1M run", db, None, "not measured",
                 "≤ 11x; ≤ 1.3x and < 300 MB", None)
+    for db in dbs:
+        sizes = sorted(k[1] for k in runs if k[0] == db and runs[k].get("checks"))
+        if not sizes:
+            add("checks' cost (re-identification, unreadable dates, policy ratchet, holds)", db, None,
+                "not measured", f"each ≤ {CHECKS_SHARE:.0%} of the run", None)
+            continue
+        size = GOAL_SIZE if GOAL_SIZE in sizes else max(sizes)
+        for _check, what, share, detail in checks_shares(runs[(db, size)]["checks"]):
+            add(f"checks' cost: {what}", db, size, detail, f"≤ {CHECKS_SHARE:.0%} of the run",
+                None if share is None else share <= CHECKS_SHARE)
     startup = results.get("startup")
     if startup:
         for key, what, limit in (("help", "start-up: `retention --help`", HELP_LIMIT_S),
@@ -995,8 +1085,9 @@ def render(results: dict[str, Any]) -> str:
     w("# retention benchmark results\n")
     w(f"Written by `bench/run.py` (see bench/README.md). Started {meta.get('started')}, finished "
       f"{meta.get('finished', 'not yet')}.\n")
-    w("Command:\n")
-    w(f"```\n{meta.get('command')}\n```\n")
+    commands = meta.get("commands") or [meta.get("command")]
+    w("Command:\n" if len(commands) == 1 else "Commands (later ones with `--resume`, adding to the earlier results):\n")
+    w("```\n" + "\n".join(str(c) for c in commands) + "\n```\n")
     w(f"Machine: {meta.get('nproc')} cores ({meta.get('cpu')}), {meta.get('ram_gib')} GiB RAM, Linux "
       f"{meta.get('kernel')}; Python {meta.get('python')}, SQLAlchemy {meta.get('sqlalchemy')}; retention at "
       f"commit {meta.get('commit')}. "
@@ -1008,8 +1099,12 @@ def render(results: dict[str, Any]) -> str:
     backlog = (f"built up to {day} (`retention demo --as-of {day}`) and enforced {years} year(s) later, as of "
                f"`{meta.get('as_of')}`: the backlog of a first run in a shop that has not enforced its terms "
                "since" if years else f"built with today = the as-of date `{meta.get('as_of')}`")
+    reps = sorted({r["info"].get("repeat", meta.get("repeat")) for r in runs} - {None})
+    per_size = "; ".join(f"{r['accounts']:,} {LABELS[r['database']]}: {r['info'].get('repeat', meta.get('repeat'))}"
+                         for r in runs) if len(reps) > 1 else ""
     w(f"Data: the demo shop (`retention demo`, seed {meta.get('seed')}), {backlog}. Times are medians of "
-      f"{meta.get('repeat')} repetitions, each on a fresh copy of the database.\n")
+      f"{per_size + ' ' if per_size else ''}{'/'.join(map(str, reps)) or meta.get('repeat')} repetitions, each on a "
+      "fresh copy of the database.\n")
 
     w("## Goals\n")
     w("Medians, with [min–max] of the repetitions. The machine is shared with other work (tests running at the "
@@ -1107,6 +1202,48 @@ def render(results: dict[str, Any]) -> str:
           + ", ".join(f"{k} {v:,}" for k, v in due.items()) + " | "
           + ", ".join(f"{k} {v:,}" for k, v in nxt.items()) + " |")
     w("")
+    checked = [r for r in runs if r.get("checks")]
+    if checked:
+        w("## What the checks cost\n")
+        w("`bench/checks_cost.py` (`run.py --checks`): the shop's three policies run for real (purge none, "
+          "`--force`) in one Python process on a fresh copy of the backlog, given a copy of the audit log an "
+          "earlier real run of the same backlog wrote (so the ratchet has rules to read and compare). `run s` is "
+          "`execute_run`'s wall time, without the interpreter's start-up (so each share is of the smaller "
+          "figure). How each check is measured:\n")
+        w("- **re-identification**: its own time, measured around its statements (`runner._check_reidentification`"
+          ", the `reidentification.duration_ms` of the run's JSON); the accounts policy is the only anonymising one "
+          "(`on_referenced: anonymise`).")
+        w("- **policy ratchet**: `guards.read_history` (streams the audit log for earlier real runs' rules and "
+          "counts; also serves the clock and rate guards), `guards.effective_rule` and `guards.rule_changes`, "
+          "timed by wrapping them. It grows with the audit log: the log read here is one night's "
+          "(`history log MB`).")
+        w("- **unreadable dates** and **holds** are terms of the count and batch statements, not separable "
+          "steps: the run is repeated with them taken out of the SQL (`no_unreadable`: the readable-date test "
+          "TRUE and the beyond-every-date count FALSE; `no_holds`: no `exclude`, no holds over foreign keys, an "
+          "empty hold registry) and the cost is the difference of the medians. Without holds the legal-hold rows "
+          "go too (`rows` below). A difference smaller than the runs' spread is noise, and can come out "
+          "negative.\n")
+        w("| database | accounts | variant | runs | run s (median) | [min–max] | reid s | ratchet s | "
+          "hold registry s | rows changed | history log MB | load |")
+        w("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for run in checked:
+            c = run["checks"]
+            for variant, xs in c["samples"].items():
+                ok = [x for x in xs if x.get("rc") == 0 and "seconds" in x]
+                if not xs:
+                    continue
+
+                def tm(name: str, ok: list[dict[str, Any]] = ok) -> str:
+                    vals = [x["timers"][name] for x in ok if name in x.get("timers", {})]
+                    return fmt(statistics.median(vals), ".3f") if vals else "–"
+
+                rows = sum(p["applied"] for p in ok[0]["policies"].values()) if ok else None
+                w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {variant} | {len(ok)}/{len(xs)} | "
+                  f"{fmt(med(ok))} | {spread(ok)} | {tm('reidentification')} | {tm('ratchet')} | "
+                  f"{tm('holds_registry')} | {fmt(rows, ',')} | "
+                  f"{fmt((first(ok, 'history_log_bytes') or 0) / 1e6, '.2f')} | "
+                  f"{statistics.mean(c.get('load') or [0]):.1f} |")
+        w("")
     startup = results.get("startup")
     if startup:
         w("## Start-up\n")
@@ -1164,6 +1301,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partition-rows", type=int, nargs="*", default=[],
                     help="also the partition workload (bench/partitions.py) at these sizes, on the servers "
                          "among --databases")
+    ap.add_argument("--checks", action="store_true",
+                    help="also the checks' cost (bench/checks_cost.py) at every size and database")
+    ap.add_argument("--checks-repeat", type=int, default=2,
+                    help="repetitions of each checks variant (default 2; each is a real run on a fresh copy)")
     ap.add_argument("--orm-timeout", type=float, default=600, help="cap on one ORM peer run, seconds")
     ap.add_argument("--workdir", default="/tmp/rtbench", help="databases, policy files and audit logs")
     ap.add_argument("--results", default=str(HERE / "results.json"))
