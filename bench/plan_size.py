@@ -126,12 +126,20 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=None,
                     help="an SQLite demo of --accounts accounts, seed 42, built up to 2024-11-24 "
                          "(bench/run.py's <workdir>/sqlite-N.db), copied instead of building one")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="also store the table in this results.json (bench/run.py's) and rewrite --report")
+    ap.add_argument("--report", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = ap.parse_args()
     configure_logging("json", quiet=True)
     rows = measure(args.accounts, not args.no_apply, args.source)
     print("| what | measured |\n| --- | --- |")
     for what, value in rows:
         print(f"| {what} | {value} |")
+    if args.results is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from run import store_extra
+
+        store_extra(args.results, args.report, "plan_size", {"accounts": args.accounts, "rows": rows})
 
 
 if __name__ == "__main__":

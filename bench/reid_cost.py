@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import copy_from_sqlite  # noqa: E402
+from run import copy_from_sqlite, store_extra  # noqa: E402
 
 from retention.demo import build_demo  # noqa: E402
 
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rt_reid"))
+    ap.add_argument("--results", type=Path, default=None,
+                    help="also store the figures in this results.json (bench/run.py's) and rewrite --report")
+    ap.add_argument("--report", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = ap.parse_args(argv)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -165,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"rows {reid['rows']} k {reid['k']} below_k {reid['below_k']} linkable {reid['linkable']}",
                   flush=True)
     admin.dispose()
+    if args.results is not None:
+        store_extra(args.results, args.report, "reid_cost", {
+            "accounts": args.accounts, "repeat": args.repeat,
+            "rows": [{"database": db, "policy": kind, "run_s": run_s, "preview_s": preview_s, "check_s": check_s,
+                      "rows": reid["rows"], "k": reid["k"], "below_k": reid["below_k"], "linkable": reid["linkable"]}
+                     for db, kind, run_s, preview_s, check_s, reid in rows]})
     return 0
 
 

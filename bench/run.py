@@ -1275,8 +1275,44 @@ def render(results: dict[str, Any]) -> str:
               f"{fmt(part, '.3f')} | {spread(sp)} | {fmt(rows_, '.3f')} | {spread(sr)} | "
               f"{fmt(ratio(rows_, part), '.1f')} | {sizes} | {statistics.mean(prun.get('load') or [0]):.1f} |")
         w("")
+    plan = results.get("plan_size")
+    if plan:
+        w("## Plan files: size and time\n")
+        w(f"`bench/plan_size.py` (SQLite, the shipped policy file, the same backlog), {plan['when']}, load "
+          f"{plan['load']:.1f}:\n")
+        w(f"```\n{plan['command']}\n```\n")
+        w("| what | measured |\n| --- | --- |")
+        for what, value in plan["rows"]:
+            w(f"| {what} | {value} |")
+        w("")
+    reid = results.get("reid_cost")
+    if reid:
+        w("## The re-identification check alone\n")
+        w(f"`bench/reid_cost.py` (see [REIDENTIFICATION.md](REIDENTIFICATION.md)), {reid['when']}, load "
+          f"{reid['load']:.1f}. `run` and `preview`: whole `retention run --force` processes; `check`: what the "
+          "run reports (`reidentification.duration_ms`). Medians of "
+          f"{reid.get('repeat')}.\n")
+        w(f"```\n{reid['command']}\n```\n")
+        w("| database | policy | accounts | anonymised rows checked | run s | preview s | check s | check / run | "
+          "k | below k | linkable |")
+        w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in reid["rows"]:
+            w(f"| {LABELS[r['database']]} | {r['policy']} | {reid['accounts']:,} | {r['rows']:,} | {r['run_s']:.2f} | "
+              f"{r['preview_s']:.2f} | {r['check_s']:.3f} | {r['check_s'] / r['run_s']:.1%} | {r['k']} | "
+              f"{r['below_k']:,} | {r['linkable']:,} |")
+        w("")
     w("Every sample (times, rows, exit codes, RSS, copy times) is in `bench/results.json`.\n")
     return "\n".join(md)
+
+
+def store_extra(results_path: Path, report_path: Path, key: str, value: dict[str, Any]) -> None:
+    """Add a companion script's figures (plan_size.py, reid_cost.py) to results.json under ``key``
+    and rewrite RESULTS.md, which shows them in their own section."""
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": []}
+    results[key] = value | {"command": command_line(), "load": os.getloadavg()[0],
+                            "when": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    results_path.write_text(json.dumps(results, indent=1))
+    report_path.write_text(render(results))
 
 
 def main(argv: list[str] | None = None) -> int:
