@@ -390,8 +390,22 @@ class PostgresTarget(ServerTarget):
     def reset(self, tables: list[str]) -> float:
         t0 = time.perf_counter()
         self._drop(self.work_db)
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} TEMPLATE {self.src_db} STRATEGY FILE_COPY")
+        for attempt in range(5):
+            try:
+                with self.admin.connect() as conn:
+                    conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} TEMPLATE {self.src_db} STRATEGY FILE_COPY")
+                break
+            except sa.exc.OperationalError as exc:
+                # A template must have no other session: a 1M run lost a whole database to one
+                # ("source database ... is being accessed by other users", an autovacuum worker or
+                # a straggling connection). The source is the bench's own: end those sessions, retry.
+                if "being accessed by other users" not in str(exc) or attempt == 4:
+                    raise
+                log(f"  {self.src_db} in use by another session; ending it and retrying ({attempt + 1}/4)")
+                with self.admin.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": self.src_db})
+                time.sleep(2)
         return time.perf_counter() - t0
 
     def version(self) -> str:
@@ -702,7 +716,8 @@ class Bench:
                     orm_max_accounts=a.orm_max_accounts, orm_timeout=a.orm_timeout,
                     retention_cmd=" ".join(self.retention),
                     started=meta.get("started") or dt.datetime.now().astimezone().isoformat(timespec="seconds"))
-        done = {(r["database"], r["accounts"]) for r in self.results["runs"]}
+        # A database/size that failed (no samples) is measured again by --resume.
+        done = {(r["database"], r["accounts"]) for r in self.results["runs"] if r["samples"]}
         for accounts in a.accounts:
             log(f"== {accounts:,} accounts: SQLite demo source")
             src, build_s = ensure_sqlite_source(self.work, accounts, today, self.retention, a.rebuild)
@@ -717,6 +732,8 @@ class Bench:
                     run = self.bench_one(target, src, build_s)
                 except Exception as exc:  # keep what the other databases measured
                     log(f"   {name} {accounts:,} FAILED: {type(exc).__name__}: {exc}")
+                    if isinstance(target, ServerTarget):  # its admin connection would linger
+                        target.admin.dispose()
                     run = {"database": name, "accounts": accounts, "samples": {}, "info": {"error": str(exc)}}
                     if a.debug:
                         raise
