@@ -1135,6 +1135,12 @@ def render(results: dict[str, Any]) -> str:
           f"| **{g['result']}** | {g['goal']} | {g['database']} | – | {g['measured']} | {g['target']} |")
     w("")
 
+    if results.get("notes"):
+        # Written by hand into results.json (key "notes", Markdown paragraphs) by whoever ran the
+        # bench: what the table alone does not say (reruns, what did not run and why).
+        w("### Notes on this run\n")
+        for note in results["notes"]:
+            w(f"{note}\n")
     w("## Enforcement: retention vs one raw statement vs a hand-written ORM loop\n")
     w("`rows` = rows of the policy's own table deleted or anonymised (children deleted by the cascade in "
       "`children`). `retention s` is the whole CLI process (`retention run --policy P --format json`, Python start, "
@@ -1281,14 +1287,14 @@ def render(results: dict[str, Any]) -> str:
           "unpartitioned copy; 2023, 2024, 2025 evenly; a delete policy (2 years, as of 2026-01-01 UTC) expires "
           "2023. Whole `retention run` processes, fsync'd audit log with every key. Each repetition rebuilds "
           "the tables.\n")
-        w("| database | rows | expiring | partition drop s | [min–max] | row batches s | [min–max] | ratio | "
+        w("| database | rows | expiring | runs | partition drop s | [min–max] | row batches s | [min–max] | ratio | "
           "batch sizes (row run) | load |")
-        w("| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: |")
+        w("| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: |")
         for prun in results["partitions"]:
             sp, sr = prun["samples"]["partition"], prun["samples"]["rows"]
             part, rows_ = med(sp), med(sr)
             sizes = first(sr, "batch_sizes") or {}
-            w(f"| {LABELS[prun['database']]} | {prun['rows']:,} | {(prun.get('expiring') or [0])[0]:,} | "
+            w(f"| {LABELS[prun['database']]} | {prun['rows']:,} | {(prun.get('expiring') or [0])[0]:,} | {len(sp)} | "
               f"{fmt(part, '.3f')} | {spread(sp)} | {fmt(rows_, '.3f')} | {spread(sr)} | "
               f"{fmt(ratio(rows_, part), '.1f')} | {sizes} | {statistics.mean(prun.get('load') or [0]):.1f} |")
         w("")
