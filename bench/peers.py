@@ -1,7 +1,8 @@
 """What `retention run` is compared with: one raw SQL statement, and a hand-written ORM loop.
 
-Both select exactly the rows the bench policies select (same cut-off, same WHERE), so the row
-counts can be checked against what `retention run` reports.
+Both select exactly the rows the bench policies select (same cut-off, same WHERE, the legal
+holds of the file's other policies followed over the foreign keys as `retention` does), so the
+row counts can be checked against what `retention run` reports.
 
 - ``raw_*``: the database doing the work in one statement per table, in one transaction
   (delete with cascade: children with one statement, then parents with one statement).
@@ -75,17 +76,32 @@ def not_held(t: sa.Table) -> sa.ColumnElement[bool]:
     return sa.or_(t.c.legal_hold.is_(None), t.c.legal_hold != sa.true())
 
 
+def no_linked_hold(other: sa.Table, link: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """Holds follow foreign keys (`holds: linked`, the default): a row linked to a row that
+    another bench policy's `exclude: {legal_hold: true}` holds is held too. The bench file has
+    such policies on accounts and tickets, so the peers must leave those rows alone as well."""
+    return sa.not_(sa.exists().where(link, other.c.legal_hold.is_not(None), other.c.legal_hold == sa.true()))
+
+
 def due_where(kind: str, t: sa.Table, as_of: str) -> sa.ColumnElement[bool]:
     cut = _cut(kind, as_of)
-    if kind == "delete_invoices":
-        return sa.and_(t.c.issued_at.is_not(None), t.c.issued_at <= cut)
-    if kind == "delete":  # closed tickets, not on legal hold
-        return sa.and_(t.c.closed_at.is_not(None), t.c.closed_at <= cut, t.c.status == "closed", not_held(t))
-    # accounts: past term, not on legal hold, not yet anonymised (street not yet redacted)
+    accounts, tickets = t.metadata.tables["accounts"], t.metadata.tables["tickets"]
+    if kind == "delete_invoices":  # their account may be on legal hold (accounts policies' exclude)
+        acc = accounts.alias("held_acc")
+        return sa.and_(t.c.issued_at.is_not(None), t.c.issued_at <= cut,
+                       no_linked_hold(acc, acc.c.id == t.c.account_id))
+    if kind == "delete":  # closed tickets, not on legal hold, nor their account
+        acc = accounts.alias("held_acc")
+        return sa.and_(t.c.closed_at.is_not(None), t.c.closed_at <= cut, t.c.status == "closed", not_held(t),
+                       no_linked_hold(acc, acc.c.id == t.c.account_id))
+    # accounts: past term, not on legal hold nor with a ticket on legal hold (the correspondence
+    # policy's exclude), not yet anonymised (street not yet redacted)
+    tk = tickets.alias("held_tk")
     return sa.and_(
         t.c.deregistered_at.is_not(None),
         t.c.deregistered_at <= cut,
         not_held(t),
+        no_linked_hold(tk, tk.c.account_id == t.c.id),
         sa.or_(t.c.street.is_(None), t.c.street != REDACTED),
     )
 

@@ -7,8 +7,10 @@ run's backlog, every shipped policy. SQLite only (a file copy per measurement).
     .venv/bin/python bench/plan_size.py                       # 100,000 accounts (docs/approval.md)
     .venv/bin/python bench/plan_size.py --accounts 10000 --no-apply
 
-Prints a Markdown table on stdout; progress goes to stderr. Do not run it at 1M on a shared
-machine: the figures scale with the number of due keys (see docs/approval.md).
+Prints a Markdown table on stdout; progress goes to stderr. The figures scale with the number
+of due keys (see docs/approval.md); at 1M accounts reuse bench/run.py's demo:
+
+    .venv/bin/python bench/plan_size.py --accounts 1000000 --source /tmp/rtbench/sqlite-1000000.db
 """
 
 from __future__ import annotations
@@ -50,13 +52,18 @@ def _model(work: Path, db: Path) -> object:
     return loader.load(policy)
 
 
-def measure(accounts: int, do_apply: bool) -> list[tuple[str, str]]:
+def measure(accounts: int, do_apply: bool, source: Path | None = None) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = work / "base.db"
-        log(f"building {accounts} accounts ...")
-        build_demo(base, accounts=accounts, seed=42, today=BUILT)
+        if source is not None:
+            # The same demo bench/run.py builds (seed 42, up to 2024-11-24): no second 1M build.
+            log(f"copying {source} ...")
+            shutil.copyfile(source, base)
+        else:
+            log(f"building {accounts} accounts ...")
+            build_demo(base, accounts=accounts, seed=42, today=BUILT)
         db = work / "shop.db"
         shutil.copy(base, db)
         model = _model(work, db)
@@ -116,12 +123,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accounts", type=int, default=100_000)
     ap.add_argument("--no-apply", action="store_true", help="Only make, write and read the plan.")
+    ap.add_argument("--source", type=Path, default=None,
+                    help="an SQLite demo of --accounts accounts, seed 42, built up to 2024-11-24 "
+                         "(bench/run.py's <workdir>/sqlite-N.db), copied instead of building one")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="also store the table in this results.json (bench/run.py's) and rewrite --report")
+    ap.add_argument("--report", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = ap.parse_args()
     configure_logging("json", quiet=True)
-    rows = measure(args.accounts, not args.no_apply)
+    rows = measure(args.accounts, not args.no_apply, args.source)
     print("| what | measured |\n| --- | --- |")
     for what, value in rows:
         print(f"| {what} | {value} |")
+    if args.results is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from run import store_extra
+
+        store_extra(args.results, args.report, "plan_size", {"accounts": args.accounts, "rows": rows})
 
 
 if __name__ == "__main__":

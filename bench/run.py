@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import checks_cost  # noqa: E402
 import partitions as partition_workload  # noqa: E402
 import peers  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
@@ -65,6 +66,13 @@ KINDS: dict[str, tuple[str, list[str], str]] = {
     "anon_const": ("accounts_constant", ["accounts"], "constant anonymise (accounts: null/redact/generalise)"),
     "anon_fake": ("accounts_fake", ["accounts"], "fake anonymise (accounts: 3 fakes + redact)"),
 }
+
+
+# The bench measures a first run's backlog on purpose: every policy's first real run changes far
+# more than 100 rows (the rate guard), and a preview or run of it is blocked (exit 3) without
+# --force, as the tool asks of a person facing a backlog. Only the start-up's nothing-due run
+# goes without it: that is the ordinary night, which no guard stops.
+FORCE = ("--force",)
 
 
 def log(msg: str) -> None:
@@ -382,8 +390,22 @@ class PostgresTarget(ServerTarget):
     def reset(self, tables: list[str]) -> float:
         t0 = time.perf_counter()
         self._drop(self.work_db)
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} TEMPLATE {self.src_db} STRATEGY FILE_COPY")
+        for attempt in range(5):
+            try:
+                with self.admin.connect() as conn:
+                    conn.exec_driver_sql(f"CREATE DATABASE {self.work_db} TEMPLATE {self.src_db} STRATEGY FILE_COPY")
+                break
+            except sa.exc.OperationalError as exc:
+                # A template must have no other session: a 1M run lost a whole database to one
+                # ("source database ... is being accessed by other users", an autovacuum worker or
+                # a straggling connection). The source is the bench's own: end those sessions, retry.
+                if "being accessed by other users" not in str(exc) or attempt == 4:
+                    raise
+                log(f"  {self.src_db} in use by another session; ending it and retrying ({attempt + 1}/4)")
+                with self.admin.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": self.src_db})
+                time.sleep(2)
         return time.perf_counter() - t0
 
     def version(self) -> str:
@@ -504,7 +526,7 @@ class Bench:
         return res
 
     def run_policy(self, policy_file: Path, cwd: Path, policy: str) -> dict[str, Any]:
-        res = self.retention_cmd(policy_file, cwd, "run", "--policy", policy, "--as-of", self.args.as_of,
+        res = self.retention_cmd(policy_file, cwd, "run", *FORCE, "--policy", policy, "--as-of", self.args.as_of,
                                  "--format", "json")
         sample = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
         try:
@@ -512,6 +534,9 @@ class Bench:
             p = doc["policies"][0]
             sample.update(rows=p["applied"], children=sum(p["cascaded"].values()), status=p["status"],
                           inner_s=p.get("duration_s"),
+                          # The re-identification check's own time, as the run measured it (anonymise only).
+                          reid_s=((p.get("reidentification") or {}).get("duration_ms") or 0) / 1000
+                          if p.get("reidentification") else None,
                           purge_s=sum(float(x.get("duration_s") or 0) for x in doc.get("purge", [])),
                           purge=[{k: x.get(k) for k in ("level", "result", "detail", "duration_s")}
                                  for x in doc.get("purge", [])])
@@ -527,6 +552,7 @@ class Bench:
         built = target.build(sqlite_src, a.rebuild)
         run["info"]["build_s"] = src_build_s if target.name == "sqlite" else built
         run["info"]["version"] = target.version()
+        run["info"]["repeat"] = a.repeat
         samples: dict[str, list[dict[str, Any]]] = run["samples"]
 
         def add(name: str, sample: dict[str, Any]) -> None:
@@ -552,7 +578,8 @@ class Bench:
             log(f"  {target.label} {target.accounts:,} repetition {rep + 1}/{a.repeat}")
 
             # (d) the preview of all the shop's policies, on the untouched source (read-only)
-            res = self.retention_cmd(shop_file, rep_dir, "run", "--dry-run", "--as-of", a.as_of, "--format", "json")
+            res = self.retention_cmd(shop_file, rep_dir, "run", "--dry-run", *FORCE, "--as-of", a.as_of,
+                                     "--format", "json")
             dry = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
             try:
                 dry_doc = json.loads(res["stdout"])["policies"]
@@ -609,9 +636,9 @@ class Bench:
             # the server's own maintenance would have by the next night; its time includes that.
             target.reset(list(TABLES))
             work_shop = write_policy(rep_dir / "shop-work.yaml", target.work_url, "standard", audit, SHOP_POLICIES)
-            res = self.retention_cmd(work_shop, rep_dir, "run", "--as-of", a.as_of, "--format", "json")
+            res = self.retention_cmd(work_shop, rep_dir, "run", *FORCE, "--as-of", a.as_of, "--format", "json")
             add("shoprun", {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]})
-            res = self.retention_cmd(work_shop, rep_dir, "run", "--dry-run", "--as-of", next_night(a.as_of),
+            res = self.retention_cmd(work_shop, rep_dir, "run", "--dry-run", *FORCE, "--as-of", next_night(a.as_of),
                                      "--format", "json")
             nxt = {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]}
             try:
@@ -626,10 +653,52 @@ class Bench:
             lines = sum(1 for _ in audit.open("rb")) if audit.exists() else 0
             add("verify", {"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"],
                            "log_bytes": size, "log_lines": lines})
+        if a.checks:
+            run["checks"] = self.bench_checks(target, base)
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
         target.cleanup()
         return run
+
+    # -- the checks' cost ----------------------------------------------------------------------
+    def bench_checks(self, target: Target, base: Path) -> dict[str, Any]:
+        """bench/checks_cost.py: the shop's policies run for real (purge none) in one process, on
+        a fresh copy each time, with an audit log an earlier real run of the same backlog wrote;
+        variants all (checks timed), no_unreadable, no_holds (see that file)."""
+        a = self.args
+        d = base / "checks"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        audit, history = d / "audit.jsonl", d / "history.jsonl"
+        policy = write_policy(d / "shop.yaml", target.work_url, "none", audit, SHOP_POLICIES)
+        script = [sys.executable, str(HERE / "checks_cost.py"), "--policies", str(policy), "--as-of", a.as_of]
+        out: dict[str, Any] = {"samples": {v: [] for v in checks_cost.VARIANTS}, "load": []}
+        # The earlier night: its audit log is the history every measured run reads.
+        target.reset(list(TABLES))
+        res = run_process([*script, "--variant", "all"], d, self.env)
+        if res["rc"] != 0:
+            log(f"  ! checks: history run exited {res['rc']}: {res['stderr'][-600:]}")
+            return out
+        audit.rename(history)
+        for rep in range(a.checks_repeat):
+            order = list(checks_cost.VARIANTS)
+            if rep % 2:
+                order.reverse()
+            for variant in order:
+                target.reset(list(TABLES))
+                shutil.copyfile(history, audit)
+                out["load"].append(os.getloadavg()[0])
+                res = run_process([*script, "--variant", variant], d, self.env)
+                try:
+                    sample = json.loads(res["stdout"].strip().splitlines()[-1]) | {"rc": res["rc"]}
+                except (ValueError, IndexError):
+                    sample = {"rc": res["rc"], "error": res["stderr"][-600:]}
+                    log(f"  ! checks {variant} exited {res['rc']}: {res['stderr'][-600:]}")
+                out["samples"][variant].append(sample)
+                timers = {k: round(v, 3) for k, v in (sample.get("timers") or {}).items()}
+                log(f"  checks {target.label} {target.accounts:,} {variant}: "
+                    f"{sample.get('seconds', float('nan')):.2f} s, timers {timers}")
+        return out
 
     # -- everything ------------------------------------------------------------------------
     def main(self) -> int:
@@ -639,12 +708,16 @@ class Bench:
         today = data_day(a.as_of, a.backlog_years)
         meta = self.results["meta"]
         meta.update(machine_info())
+        # --resume adds to earlier results: keep every command that contributed.
+        meta["commands"] = [*(meta.get("commands") or ([meta["command"]] if meta.get("command") else [])),
+                            command_line()] if a.resume else [command_line()]
         meta.update(command=command_line(), as_of=a.as_of, data_day=today.isoformat(),
                     backlog_years=a.backlog_years, seed=SEED, repeat=a.repeat,
                     orm_max_accounts=a.orm_max_accounts, orm_timeout=a.orm_timeout,
                     retention_cmd=" ".join(self.retention),
                     started=meta.get("started") or dt.datetime.now().astimezone().isoformat(timespec="seconds"))
-        done = {(r["database"], r["accounts"]) for r in self.results["runs"]}
+        # A database/size that failed (no samples) is measured again by --resume.
+        done = {(r["database"], r["accounts"]) for r in self.results["runs"] if r["samples"]}
         for accounts in a.accounts:
             log(f"== {accounts:,} accounts: SQLite demo source")
             src, build_s = ensure_sqlite_source(self.work, accounts, today, self.retention, a.rebuild)
@@ -659,6 +732,8 @@ class Bench:
                     run = self.bench_one(target, src, build_s)
                 except Exception as exc:  # keep what the other databases measured
                     log(f"   {name} {accounts:,} FAILED: {type(exc).__name__}: {exc}")
+                    if isinstance(target, ServerTarget):  # its admin connection would linger
+                        target.admin.dispose()
                     run = {"database": name, "accounts": accounts, "samples": {}, "info": {"error": str(exc)}}
                     if a.debug:
                         raise
@@ -691,7 +766,7 @@ class Bench:
         subprocess.run([*self.retention, "demo", "--accounts", "1000", "--path", str(db), "--overwrite"],
                        cwd=d, env=self.env, check=True, capture_output=True)
         policy = write_policy(d / "shop.yaml", f"sqlite:///{db}", "none", d / "audit.jsonl", SHOP_POLICIES)
-        self.retention_cmd(policy, d, "run", "--force")  # the backlog: afterwards nothing is due
+        self.retention_cmd(policy, d, "run", *FORCE)  # the backlog: afterwards nothing is due
         out: dict[str, Any] = {"help": [], "nothing_due": [], "load": []}
         for _ in range(a.startup_runs):
             out["load"].append(os.getloadavg()[0])
@@ -729,7 +804,8 @@ class Bench:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         engine = sa.create_engine(url)
-        run: dict[str, Any] = {"database": name, "rows": rows, "samples": {"partition": [], "rows": []},
+        run: dict[str, Any] = {"database": name, "rows": rows, "repeat": a.repeat,
+                               "samples": {"partition": [], "rows": []},
                                "expiring": None, "load": []}
         try:
             for rep in range(a.repeat):
@@ -744,7 +820,7 @@ class Bench:
                     order.reverse()
                 for pol in order:
                     run["load"].append(os.getloadavg()[0])
-                    res = self.retention_cmd(policy, d, "run", "--policy", pol, "--as-of",
+                    res = self.retention_cmd(policy, d, "run", *FORCE, "--policy", pol, "--as-of",
                                              partition_workload.AS_OF, "--format", "json")
                     sample = partition_workload.sample(res) | {"build_s": build_s}
                     run["samples"]["partition" if pol == "events_partitioned" else "rows"].append(sample)
@@ -868,6 +944,38 @@ HELP_LIMIT_S, NOTHING_DUE_LIMIT_S = 0.15, 0.35
 PARTITION_FACTOR = 50
 
 
+CHECKS_SHARE = 0.10
+
+
+def checks_shares(checks: dict[str, Any]) -> list[tuple[str, str, float | None, str]]:
+    """Per check: (key, label, its share of the run, how it was found). Timed checks: their
+    timer's median over the median run; the others: the run minus the run without them."""
+    s = checks["samples"]
+    run_s = med(s.get("all"), "seconds")
+
+    def timer(name: str) -> float | None:
+        vals = [x["timers"].get(name, 0.0) for x in s.get("all", []) if x.get("rc") == 0 and "timers" in x]
+        return statistics.median(vals) if vals else None
+
+    out: list[tuple[str, str, float | None, str]] = []
+    for key, label in (("reidentification", "re-identification"), ("ratchet", "policy ratchet (audit history)")):
+        t = timer(key)
+        share = ratio(t, run_s)
+        out.append((key, label, share, f"{fmt(share, '.1%')} ({fmt(t, '.3f')} s of {fmt(run_s)} s, timed in the run)"))
+    for key, label, variant in (("unreadable", "unreadable dates", "no_unreadable"),
+                                ("holds", "holds (exclude, linked, registry)", "no_holds")):
+        without = med(s.get(variant), "seconds")
+        diff = None if run_s is None or without is None else run_s - without
+        share = ratio(diff, run_s)
+        extra = ""
+        if key == "holds":
+            extra = f"; registry reads {fmt(timer('holds_registry'), '.3f')} s"
+        out.append((key, label, share,
+                    f"{fmt(share, '.1%')} (run {fmt(run_s)} s [{spread(s.get('all'))}] vs {fmt(without)} s "
+                    f"[{spread(s.get(variant))}] without{extra})"))
+    return out
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs = {(r["database"], r["accounts"]): r for r in results["runs"] if r["samples"]}
     out: list[dict[str, Any]] = []
@@ -927,6 +1035,11 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             if d is not None:
                 add(f"dry-run (all policies): {what}", db, size,
                     f"{fmt(d)} s [{spread(run['samples'].get(name))}]", f"≤ {limit} s", d <= limit)
+            elif run["samples"].get(name):
+                # Measured but no sample succeeded (e.g. blocked, exit 3): say so, not a missing row.
+                rcs = [x.get("rc") for x in run["samples"][name]]
+                add(f"dry-run (all policies): {what}", db, size, f"no successful run (exit codes {rcs})",
+                    f"≤ {limit} s", None)
         if db in ("sqlite", "postgresql") and (db, BIG_SIZE) in runs and (db, GOAL_SIZE) in runs:
             big, one = runs[(db, BIG_SIZE)], runs[(db, GOAL_SIZE)]
             for kind in KINDS:
@@ -943,6 +1056,16 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         elif db in ("sqlite", "postgresql"):
             add("10M accounts: time ≤ 11x and peak RSS ≤ 1.3x the 1M run", db, None, "not measured",
                 "≤ 11x; ≤ 1.3x and < 300 MB", None)
+    for db in dbs:
+        sizes = sorted(k[1] for k in runs if k[0] == db and runs[k].get("checks"))
+        if not sizes:
+            add("checks' cost (re-identification, unreadable dates, policy ratchet, holds)", db, None,
+                "not measured", f"each ≤ {CHECKS_SHARE:.0%} of the run", None)
+            continue
+        size = GOAL_SIZE if GOAL_SIZE in sizes else max(sizes)
+        for _check, what, share, detail in checks_shares(runs[(db, size)]["checks"]):
+            add(f"checks' cost: {what}", db, size, detail, f"≤ {CHECKS_SHARE:.0%} of the run",
+                None if share is None else share <= CHECKS_SHARE)
     startup = results.get("startup")
     if startup:
         for key, what, limit in (("help", "start-up: `retention --help`", HELP_LIMIT_S),
@@ -979,8 +1102,9 @@ def render(results: dict[str, Any]) -> str:
     w("# retention benchmark results\n")
     w(f"Written by `bench/run.py` (see bench/README.md). Started {meta.get('started')}, finished "
       f"{meta.get('finished', 'not yet')}.\n")
-    w("Command:\n")
-    w(f"```\n{meta.get('command')}\n```\n")
+    commands = meta.get("commands") or [meta.get("command")]
+    w("Command:\n" if len(commands) == 1 else "Commands (later ones with `--resume`, adding to the earlier results):\n")
+    w("```\n" + "\n".join(str(c) for c in commands) + "\n```\n")
     w(f"Machine: {meta.get('nproc')} cores ({meta.get('cpu')}), {meta.get('ram_gib')} GiB RAM, Linux "
       f"{meta.get('kernel')}; Python {meta.get('python')}, SQLAlchemy {meta.get('sqlalchemy')}; retention at "
       f"commit {meta.get('commit')}. "
@@ -992,8 +1116,12 @@ def render(results: dict[str, Any]) -> str:
     backlog = (f"built up to {day} (`retention demo --as-of {day}`) and enforced {years} year(s) later, as of "
                f"`{meta.get('as_of')}`: the backlog of a first run in a shop that has not enforced its terms "
                "since" if years else f"built with today = the as-of date `{meta.get('as_of')}`")
+    reps = sorted({r["info"].get("repeat", meta.get("repeat")) for r in runs} - {None})
+    per_size = "; ".join(f"{r['accounts']:,} {LABELS[r['database']]}: {r['info'].get('repeat', meta.get('repeat'))}"
+                         for r in runs) if len(reps) > 1 else ""
     w(f"Data: the demo shop (`retention demo`, seed {meta.get('seed')}), {backlog}. Times are medians of "
-      f"{meta.get('repeat')} repetitions, each on a fresh copy of the database.\n")
+      f"{per_size + ' ' if per_size else ''}{'/'.join(map(str, reps)) or meta.get('repeat')} repetitions, each on a "
+      "fresh copy of the database.\n")
 
     w("## Goals\n")
     w("Medians, with [min–max] of the repetitions. The machine is shared with other work (tests running at the "
@@ -1007,6 +1135,12 @@ def render(results: dict[str, Any]) -> str:
           f"| **{g['result']}** | {g['goal']} | {g['database']} | – | {g['measured']} | {g['target']} |")
     w("")
 
+    if results.get("notes"):
+        # Written by hand into results.json (key "notes", Markdown paragraphs) by whoever ran the
+        # bench: what the table alone does not say (reruns, what did not run and why).
+        w("### Notes on this run\n")
+        for note in results["notes"]:
+            w(f"{note}\n")
     w("## Enforcement: retention vs one raw statement vs a hand-written ORM loop\n")
     w("`rows` = rows of the policy's own table deleted or anonymised (children deleted by the cascade in "
       "`children`). `retention s` is the whole CLI process (`retention run --policy P --format json`, Python start, "
@@ -1091,6 +1225,48 @@ def render(results: dict[str, Any]) -> str:
           + ", ".join(f"{k} {v:,}" for k, v in due.items()) + " | "
           + ", ".join(f"{k} {v:,}" for k, v in nxt.items()) + " |")
     w("")
+    checked = [r for r in runs if r.get("checks")]
+    if checked:
+        w("## What the checks cost\n")
+        w("`bench/checks_cost.py` (`run.py --checks`): the shop's three policies run for real (purge none, "
+          "`--force`) in one Python process on a fresh copy of the backlog, given a copy of the audit log an "
+          "earlier real run of the same backlog wrote (so the ratchet has rules to read and compare). `run s` is "
+          "`execute_run`'s wall time, without the interpreter's start-up (so each share is of the smaller "
+          "figure). How each check is measured:\n")
+        w("- **re-identification**: its own time, measured around its statements (`runner._check_reidentification`"
+          ", the `reidentification.duration_ms` of the run's JSON); the accounts policy is the only anonymising one "
+          "(`on_referenced: anonymise`).")
+        w("- **policy ratchet**: `guards.read_history` (streams the audit log for earlier real runs' rules and "
+          "counts; also serves the clock and rate guards), `guards.effective_rule` and `guards.rule_changes`, "
+          "timed by wrapping them. It grows with the audit log: the log read here is one night's "
+          "(`history log MB`).")
+        w("- **unreadable dates** and **holds** are terms of the count and batch statements, not separable "
+          "steps: the run is repeated with them taken out of the SQL (`no_unreadable`: the readable-date test "
+          "TRUE and the beyond-every-date count FALSE; `no_holds`: no `exclude`, no holds over foreign keys, an "
+          "empty hold registry) and the cost is the difference of the medians. Without holds the legal-hold rows "
+          "go too (`rows` below). A difference smaller than the runs' spread is noise, and can come out "
+          "negative.\n")
+        w("| database | accounts | variant | runs | run s (median) | [min–max] | reid s | ratchet s | "
+          "hold registry s | rows changed | history log MB | load |")
+        w("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for run in checked:
+            c = run["checks"]
+            for variant, xs in c["samples"].items():
+                ok = [x for x in xs if x.get("rc") == 0 and "seconds" in x]
+                if not xs:
+                    continue
+
+                def tm(name: str, ok: list[dict[str, Any]] = ok) -> str:
+                    vals = [x["timers"][name] for x in ok if name in x.get("timers", {})]
+                    return fmt(statistics.median(vals), ".3f") if vals else "–"
+
+                rows = sum(p["applied"] for p in ok[0]["policies"].values()) if ok else None
+                w(f"| {LABELS[run['database']]} | {run['accounts']:,} | {variant} | {len(ok)}/{len(xs)} | "
+                  f"{fmt(med(ok))} | {spread(ok)} | {tm('reidentification')} | {tm('ratchet')} | "
+                  f"{tm('holds_registry')} | {fmt(rows, ',')} | "
+                  f"{fmt((first(ok, 'history_log_bytes') or 0) / 1e6, '.2f')} | "
+                  f"{statistics.mean(c.get('load') or [0]):.1f} |")
+        w("")
     startup = results.get("startup")
     if startup:
         w("## Start-up\n")
@@ -1111,19 +1287,55 @@ def render(results: dict[str, Any]) -> str:
           "unpartitioned copy; 2023, 2024, 2025 evenly; a delete policy (2 years, as of 2026-01-01 UTC) expires "
           "2023. Whole `retention run` processes, fsync'd audit log with every key. Each repetition rebuilds "
           "the tables.\n")
-        w("| database | rows | expiring | partition drop s | [min–max] | row batches s | [min–max] | ratio | "
+        w("| database | rows | expiring | runs | partition drop s | [min–max] | row batches s | [min–max] | ratio | "
           "batch sizes (row run) | load |")
-        w("| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: |")
+        w("| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: |")
         for prun in results["partitions"]:
             sp, sr = prun["samples"]["partition"], prun["samples"]["rows"]
             part, rows_ = med(sp), med(sr)
             sizes = first(sr, "batch_sizes") or {}
-            w(f"| {LABELS[prun['database']]} | {prun['rows']:,} | {(prun.get('expiring') or [0])[0]:,} | "
+            w(f"| {LABELS[prun['database']]} | {prun['rows']:,} | {(prun.get('expiring') or [0])[0]:,} | {len(sp)} | "
               f"{fmt(part, '.3f')} | {spread(sp)} | {fmt(rows_, '.3f')} | {spread(sr)} | "
               f"{fmt(ratio(rows_, part), '.1f')} | {sizes} | {statistics.mean(prun.get('load') or [0]):.1f} |")
         w("")
+    plan = results.get("plan_size")
+    if plan:
+        w("## Plan files: size and time\n")
+        w(f"`bench/plan_size.py` (SQLite, the shipped policy file, the same backlog), {plan['when']}, load "
+          f"{plan['load']:.1f}:\n")
+        w(f"```\n{plan['command']}\n```\n")
+        w("| what | measured |\n| --- | --- |")
+        for what, value in plan["rows"]:
+            w(f"| {what} | {value} |")
+        w("")
+    reid = results.get("reid_cost")
+    if reid:
+        w("## The re-identification check alone\n")
+        w(f"`bench/reid_cost.py` (see [REIDENTIFICATION.md](REIDENTIFICATION.md)), {reid['when']}, load "
+          f"{reid['load']:.1f}. `run` and `preview`: whole `retention run --force` processes; `check`: what the "
+          "run reports (`reidentification.duration_ms`). Medians of "
+          f"{reid.get('repeat')}.\n")
+        w(f"```\n{reid['command']}\n```\n")
+        w("| database | policy | accounts | anonymised rows checked | run s | preview s | check s | check / run | "
+          "k | below k | linkable |")
+        w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in reid["rows"]:
+            w(f"| {LABELS[r['database']]} | {r['policy']} | {reid['accounts']:,} | {r['rows']:,} | {r['run_s']:.2f} | "
+              f"{r['preview_s']:.2f} | {r['check_s']:.3f} | {r['check_s'] / r['run_s']:.1%} | {r['k']} | "
+              f"{r['below_k']:,} | {r['linkable']:,} |")
+        w("")
     w("Every sample (times, rows, exit codes, RSS, copy times) is in `bench/results.json`.\n")
     return "\n".join(md)
+
+
+def store_extra(results_path: Path, report_path: Path, key: str, value: dict[str, Any]) -> None:
+    """Add a companion script's figures (plan_size.py, reid_cost.py) to results.json under ``key``
+    and rewrite RESULTS.md, which shows them in their own section."""
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": []}
+    results[key] = value | {"command": command_line(), "load": os.getloadavg()[0],
+                            "when": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    results_path.write_text(json.dumps(results, indent=1))
+    report_path.write_text(render(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1148,6 +1360,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partition-rows", type=int, nargs="*", default=[],
                     help="also the partition workload (bench/partitions.py) at these sizes, on the servers "
                          "among --databases")
+    ap.add_argument("--checks", action="store_true",
+                    help="also the checks' cost (bench/checks_cost.py) at every size and database")
+    ap.add_argument("--checks-repeat", type=int, default=2,
+                    help="repetitions of each checks variant (default 2; each is a real run on a fresh copy)")
     ap.add_argument("--orm-timeout", type=float, default=600, help="cap on one ORM peer run, seconds")
     ap.add_argument("--workdir", default="/tmp/rtbench", help="databases, policy files and audit logs")
     ap.add_argument("--results", default=str(HERE / "results.json"))
