@@ -419,6 +419,7 @@ def execute_run(
                 # finding none pending among them means visiting them all (1M accounts: 0.35 s
                 # on PostgreSQL, 0.6 s on MariaDB, every night).
                 if not dry_run and outcome.status == "ok" and plan.touched(counts):
+                    plan.choose_batch_access(counts)
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
                     # Ours, so that what the committed batches did survives a failing batch.
                     applied = Applied()
