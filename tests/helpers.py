@@ -237,3 +237,34 @@ def unchanged_witness(db: Any) -> Any:
         db.engine.dispose()
         return file_sha256(sqlite_path(db.url))
     return snapshot(db.engine)
+
+
+#: A minimal delete policy on the table :func:`create_sessions` makes, for tests of what surrounds a
+#: run (audit path, lock, monitor) rather than of what it deletes.
+SESSIONS_POLICY = {"name": "sessions", "table": "sessions", "after": "ended_at", "retain": "30 days",
+                   "action": "delete", "max_fraction": 1.0}
+
+
+def create_sessions(engine: sa.Engine, ended: tuple[dt.datetime, ...] = (
+        dt.datetime(2025, 1, 1), dt.datetime(2026, 11, 20))) -> None:
+    """Table ``sessions`` (id, ended_at) with one row per ``ended`` value, ids from 1."""
+    md = sa.MetaData()
+    table = sa.Table("sessions", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                     sa.Column("ended_at", sa.DateTime, nullable=True))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "ended_at": at} for i, at in enumerate(ended, start=1)])
+
+
+def waiting_for_a_row_lock(db: Any) -> int:
+    """Sessions of ``db``'s database (PostgreSQL or MariaDB) waiting for a row lock."""
+    sql = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                      " AND datname = current_database()",
+        # INNODB_TRX may not list a transaction waiting in its first statement; the processlist
+        # does, and a batch's locking SELECT cannot finish while the row is held.
+        "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE db = DATABASE()"
+                   " AND info LIKE '%%FOR UPDATE%%' AND info NOT LIKE '%%PROCESSLIST%%'",
+    }[db.name]
+    with db.engine.connect() as conn:
+        return int(conn.exec_driver_sql(sql).scalar_one())

@@ -7,14 +7,12 @@ any row is touched, and so is a directory anyone can write to without the sticky
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import sqlalchemy as sa
-from helpers import ids, run_cli, write_policies
+from helpers import SESSIONS_POLICY, create_sessions, ids, run_cli, write_policies
 
 from retention.audit.log import AuditLog, AuditPathRefused
 from retention.errors import EXIT_INVALID, EXIT_OK
@@ -22,24 +20,12 @@ from retention.errors import EXIT_INVALID, EXIT_OK
 if TYPE_CHECKING:
     from conftest import TestDatabase
 
-POLICY = {"name": "sessions", "table": "sessions", "after": "ended_at", "retain": "30 days",
-          "action": "delete", "max_fraction": 1.0}
-
-
-def _sessions(engine: sa.Engine) -> None:
-    md = sa.MetaData()
-    table = sa.Table("sessions", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                     sa.Column("ended_at", sa.DateTime, nullable=True))
-    md.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(table.insert(), [{"id": 1, "ended_at": dt.datetime(2025, 1, 1)},
-                                      {"id": 2, "ended_at": dt.datetime(2026, 11, 20)}])
-
 
 @pytest.fixture
 def setup(sqlite_db: TestDatabase, tmp_path: Path) -> tuple[TestDatabase, Path, Path]:
-    _sessions(sqlite_db.engine)
-    policies = write_policies(tmp_path / "policies.yaml", sqlite_db.url, [POLICY], audit="audit/retention.jsonl")
+    create_sessions(sqlite_db.engine)
+    policies = write_policies(tmp_path / "policies.yaml", sqlite_db.url, [SESSIONS_POLICY],
+                              audit="audit/retention.jsonl")
     (tmp_path / "audit").mkdir(mode=0o750)
     return sqlite_db, policies, tmp_path / "audit" / "retention.jsonl"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import AS_OF, audit_path, rows_by_id, run_cli, write_policies
+from helpers import AS_OF, audit_path, rows_by_id, run_cli, waiting_for_a_row_lock, write_policies
 from sqlalchemy import event
 
 from retention.audit.log import read_entries
@@ -129,19 +129,6 @@ def test_a_night_with_nothing_to_change_walks_no_batch(db: TestDatabase, tmp_pat
     assert walks == []
 
 
-def _waiting_for_a_row_lock(db: TestDatabase) -> int:
-    sql = {
-        "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                      " AND datname = current_database()",
-        # INNODB_TRX may not list a transaction waiting in its first statement; the processlist
-        # does, and the batch's locking SELECT cannot finish while the row is held.
-        "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE db = DATABASE()"
-                   " AND info LIKE '%%FOR UPDATE%%' AND info NOT LIKE '%%PROCESSLIST%%'",
-    }[db.name]
-    with db.engine.connect() as conn:
-        return int(conn.exec_driver_sql(sql).scalar_one())
-
-
 def test_row_put_on_hold_while_its_batch_waits_for_it_is_left_alone(server_db: TestDatabase, tmp_path: Path) -> None:
     """Another transaction holds the first due row and puts it on hold; the run (batch_size 1)
     waits for that row, then must see the hold: the row keeps its values, its key is in no
@@ -162,7 +149,7 @@ def test_row_put_on_hold_while_its_batch_waits_for_it_is_left_alone(server_db: T
         )
         try:
             deadline = time.monotonic() + 30
-            while not _waiting_for_a_row_lock(db):
+            while not waiting_for_a_row_lock(db):
                 assert run.poll() is None, run.communicate()
                 assert time.monotonic() < deadline, "the run never waited for the held row"
                 time.sleep(0.05)

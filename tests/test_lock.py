@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from helpers import audit_path, ids, run_cli, unchanged_witness, write_policies
+from helpers import SESSIONS_POLICY, audit_path, create_sessions, ids, run_cli, unchanged_witness, write_policies
 
 from retention.databases import dialects
 from retention.engine.lock import server_lock_name
@@ -25,21 +25,9 @@ from retention.engine.lock import server_lock_name
 if TYPE_CHECKING:
     from conftest import TestDatabase
 
-POLICY = {"name": "sessions", "table": "sessions", "after": "ended_at", "retain": "30 days",
-          "action": "delete", "max_fraction": 1.0}
 
-
-def create_sessions(engine: sa.Engine) -> None:
-    md = sa.MetaData()
-    sessions = sa.Table("sessions", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                        sa.Column("ended_at", sa.DateTime, nullable=True))
-    md.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(sessions.insert(), [
-            {"id": 1, "ended_at": dt.datetime(2025, 1, 1)},
-            {"id": 2, "ended_at": dt.datetime(2026, 6, 1)},
-            {"id": 3, "ended_at": dt.datetime(2026, 11, 20)},
-        ])
+# Three sessions: long over, over in June, recent (inside the 30 days).
+SESSIONS_ENDED = (dt.datetime(2025, 1, 1), dt.datetime(2026, 6, 1), dt.datetime(2026, 11, 20))
 
 
 @contextmanager
@@ -83,8 +71,8 @@ def server_lock(db: TestDatabase) -> Iterator[None]:
 def test_held_file_lock_exits_4_and_touches_nothing(db: TestDatabase, tmp_path: Path) -> None:
     """While another process holds `<audit path>.lock`, a run exits 4 without touching the database
     or the audit log; once released, the same run does its work."""
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY])
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY])
     log = audit_path(pf)
     before = unchanged_witness(db)
 
@@ -105,8 +93,9 @@ def test_held_server_lock_exits_4_even_with_another_audit_log(server_db: TestDat
     """PostgreSQL/MariaDB: the server advisory lock held by another connection (another host, with its
     own audit log) makes a run exit 4 and touch nothing; after release it runs."""
     db = server_db
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "host-b" / "policies.yaml", db.url, [POLICY], audit="audit-b/retention.jsonl")
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "host-b" / "policies.yaml", db.url, [SESSIONS_POLICY],
+                        audit="audit-b/retention.jsonl")
     before = unchanged_witness(db)
 
     with server_lock(db):

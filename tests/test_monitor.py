@@ -7,7 +7,6 @@ retries inside a fixed budget, so that a dead monitor never holds up the run.
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import http.server
 import os
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
-from helpers import ids, invoke, run_cli, write_policies
+from helpers import SESSIONS_POLICY, create_sessions, ids, invoke, run_cli, write_policies
 
 from retention.engine import monitor, runner
 from retention.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, EXIT_OK
@@ -67,19 +66,6 @@ def test_no_url_sends_nothing_and_unreachable_monitor_does_not_raise() -> None:
 
 # -- every real run's end reaches the monitor (issue 14, item 7) ----------------------------------
 
-SESSIONS = {"name": "sessions", "table": "sessions", "after": "ended_at", "retain": "30 days", "action": "delete",
-            "max_fraction": 1.0}
-
-
-def _sessions(engine: sa.Engine) -> None:
-    md = sa.MetaData()
-    table = sa.Table("sessions", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                     sa.Column("ended_at", sa.DateTime, nullable=True))
-    md.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(table.insert(), [{"id": 1, "ended_at": dt.datetime(2025, 1, 1)},
-                                      {"id": 2, "ended_at": dt.datetime(2026, 11, 20)}])
-
 
 def _with_monitor(path: Path, url: str) -> Path:
     path.write_text(path.read_text() + f"monitor:\n  url: {url}\n")
@@ -97,8 +83,8 @@ def _rid(path: str) -> str:
 def shop(sqlite_db: TestDatabase, tmp_path: Path, endpoint: tuple[str, list[str]]) -> tuple[TestDatabase, Path,
                                                                                               list[str]]:
     url, seen = endpoint
-    _sessions(sqlite_db.engine)
-    policies = write_policies(tmp_path / "policies.yaml", sqlite_db.url, [SESSIONS])
+    create_sessions(sqlite_db.engine)
+    policies = write_policies(tmp_path / "policies.yaml", sqlite_db.url, [SESSIONS_POLICY])
     return sqlite_db, _with_monitor(policies, url), seen
 
 
@@ -113,7 +99,7 @@ def test_a_run_pings_start_and_success_paired_by_one_rid(shop: tuple[TestDatabas
 
 def test_a_blocked_policy_pings_its_exit_code(shop: tuple[TestDatabase, Path, list[str]], tmp_path: Path) -> None:
     db, _, seen = shop
-    policies = write_policies(tmp_path / "blocked.yaml", db.url, [{**SESSIONS, "max_fraction": 0.1}])
+    policies = write_policies(tmp_path / "blocked.yaml", db.url, [{**SESSIONS_POLICY, "max_fraction": 0.1}])
     _with_monitor(policies, f"http://127.0.0.1:{_port(seen, shop)}/ping/abc")
     assert run_cli(policies).exit_code == EXIT_BLOCKED
     assert [p.split("?")[0] for p in seen] == ["/ping/abc/start", "/ping/abc/3"]
@@ -257,8 +243,8 @@ def test_a_stalled_monitor_costs_a_bounded_time_and_the_run_still_succeeds(
         t0 = time.monotonic()
         assert monitor.ping(url, "start") is False
         assert time.monotonic() - t0 < monitor.BUDGET_S + 0.5
-        _sessions(sqlite_db.engine)
-        policies = _with_monitor(write_policies(tmp_path / "policies.yaml", sqlite_db.url, [SESSIONS]), url)
+        create_sessions(sqlite_db.engine)
+        policies = _with_monitor(write_policies(tmp_path / "policies.yaml", sqlite_db.url, [SESSIONS_POLICY]), url)
         t0 = time.monotonic()
         assert run_cli(policies).exit_code == EXIT_OK
         assert time.monotonic() - t0 < 2 * monitor.BUDGET_S + 3

@@ -16,8 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import AS_OF, audit_path, file_sha256, ids, invoke, run_cli, unchanged_witness, write_policies
-from test_lock import POLICY, create_sessions, file_lock, server_lock
+from helpers import (
+    AS_OF,
+    SESSIONS_POLICY,
+    audit_path,
+    create_sessions,
+    file_sha256,
+    ids,
+    invoke,
+    run_cli,
+    unchanged_witness,
+    waiting_for_a_row_lock,
+    write_policies,
+)
+from test_lock import SESSIONS_ENDED, file_lock, server_lock
 from test_run import build_shop
 
 from retention.audit.log import AuditLog, read_entries
@@ -45,8 +57,8 @@ def audit_log_held(path: Path) -> Iterator[None]:
 def test_dry_run_appends_nothing_and_creates_no_file(db: TestDatabase, tmp_path: Path) -> None:
     """A preview leaves the audit log and lock file uncreated (and an existing log byte for byte
     the same): it appends nothing, takes no file lock."""
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY])
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY])
     before = _files(tmp_path)
     dry = run_cli(pf, "--dry-run")
     assert dry.exit_code == 0, dry
@@ -67,10 +79,10 @@ def test_dry_run_needs_no_write_access_to_the_audit_directory(db: TestDatabase, 
     """The audit path's parent is a regular file, so nothing can be created there (as for a DPO
     without write access; root ignores permission bits, a file in the way it cannot): the preview
     still works and creates nothing; a real run with that path fails (exit 1) before touching data."""
-    create_sessions(db.engine)
+    create_sessions(db.engine, SESSIONS_ENDED)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the audit directory should be\n")
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY], audit=str(blocker / "retention.jsonl"))
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY], audit=str(blocker / "retention.jsonl"))
     before_files = _files(tmp_path)
     before = unchanged_witness(db)
     dry = run_cli(pf, "--dry-run")
@@ -85,8 +97,8 @@ def test_dry_run_needs_no_write_access_to_the_audit_directory(db: TestDatabase, 
 def test_preview_works_while_a_run_holds_every_lock(db: TestDatabase, tmp_path: Path) -> None:
     """The run's file lock, its audit-log lock and (on a server) its advisory lock are all held:
     the preview still answers (exit 0, right counts) instead of exit 4; a real run gets 4."""
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY])
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY])
     log = audit_path(pf)
     with ExitStack() as held:
         held.enter_context(file_lock(log.with_name(log.name + ".lock")))
@@ -104,24 +116,13 @@ def test_preview_works_while_a_run_holds_every_lock(db: TestDatabase, tmp_path: 
     assert log.stat().st_size == 0
 
 
-def _waiting(db: TestDatabase) -> bool:
-    sql = {
-        "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                      " AND datname = current_database()",
-        "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE db = DATABASE()"
-                   " AND info LIKE '%%FOR UPDATE%%' AND info NOT LIKE '%%PROCESSLIST%%'",
-    }[db.name]
-    with db.engine.connect() as conn:
-        return bool(conn.exec_driver_sql(sql).scalar_one())
-
-
 def test_preview_during_a_real_run_that_is_waiting(server_db: TestDatabase, tmp_path: Path) -> None:
     """A real run (a second process) is in the middle of its work, waiting for a row another
     transaction holds; a preview meanwhile exits 0, and the real run then finishes with exit 0
     and a log whose chain is intact: the preview never got in its way."""
     db = server_db
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY])
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY])
     with db.engine.connect() as other:
         other.execute(sa.text("SELECT id FROM sessions WHERE id = 1 FOR UPDATE"))
         run = subprocess.Popen(
@@ -131,7 +132,7 @@ def test_preview_during_a_real_run_that_is_waiting(server_db: TestDatabase, tmp_
         )
         try:
             deadline = time.monotonic() + 30
-            while not _waiting(db):
+            while not waiting_for_a_row_lock(db):
                 assert run.poll() is None, run.communicate()
                 assert time.monotonic() < deadline, "the run never waited for the held row"
                 time.sleep(0.05)
@@ -152,8 +153,8 @@ def test_preview_during_a_real_run_that_is_waiting(server_db: TestDatabase, tmp_
 def test_dry_run_runs_no_recovery(db: TestDatabase, tmp_path: Path) -> None:
     """A log with an interrupted run and an open batch intent: the preview leaves it as it is
     (recovery writes `run.interrupted` and `batch.recovered`); the next real run recovers it."""
-    create_sessions(db.engine)
-    pf = write_policies(tmp_path / "policies.yaml", db.url, [POLICY])
+    create_sessions(db.engine, SESSIONS_ENDED)
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [SESSIONS_POLICY])
     log = audit_path(pf)
     with AuditLog(log) as w:
         # With the offset a real run writes: a naive as_of would be read as UTC, an hour later
