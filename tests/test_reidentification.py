@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import audit_path, invoke, run_cli, scalar, unchanged_witness, write_policies
+from helpers import audit_path, ids, invoke, run_cli, scalar, unchanged_witness, write_policies
 
 from retention.demo import build_demo
 
@@ -416,3 +416,69 @@ def test_a_preview_blocked_by_a_guard_shows_the_check_as_if_let_through(db: Test
     assert result.exit_code == 3 and result.policy("customers")["applied"] == 0
     assert reid(result)["rows"] == 0 and "if_let_through" not in reid(result)
     assert unchanged_witness(db) == before
+
+
+def test_still_referenced_rows_are_counted_once_and_not_when_their_reference_goes_tonight(
+        db: TestDatabase, tmp_path: Path) -> None:
+    """A delete policy with `on_referenced: anonymise` measures the rows that stay referenced:
+    a customer with two kept invoices is one row, not two (PostgreSQL joins the referenced keys,
+    which must be distinct), and a customer whose only invoice an earlier policy deletes tonight
+    is deleted, not measured. Counted with EXISTS written here, before and after the run."""
+    create_shop(db.engine, [(1970, "1234")] * 6,
+                invoices=[(1, None), (1, None), (2, None), (3, None), (None, None)])
+    with db.engine.begin() as conn:  # customer 2's invoice is past the invoices' 7 years tonight
+        conn.execute(sa.text("UPDATE invoices SET issued_at = :d WHERE customer_id = 2"), {"d": dt.date(2017, 1, 1)})
+    invoices = {"name": "invoices", "table": "invoices", "after": "issued_at", "retain": "7 years",
+                "action": "delete", "max_fraction": 1.0}
+    customers = customers_policy(action="delete", on_referenced="anonymise", reidentification="warn")
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [invoices, customers])
+    as_of = "2026-11-24T03:00:00"
+    staying = int(scalar(db.engine, "SELECT COUNT(*) FROM customers c WHERE EXISTS (SELECT 1 FROM invoices i "
+                                    "WHERE i.customer_id = c.id AND i.issued_at > '2019-11-24')"))
+    assert staying == 2  # customers 1 and 3
+
+    preview = run_cli(pf, "--dry-run", "--force", as_of=as_of)
+    assert (reid(preview)["rows"], reid(preview)["k"]) == (staying, staying)
+    result = run_cli(pf, "--force", as_of=as_of)
+    assert result.exit_code == 0, result
+    assert (reid(result)["rows"], reid(result)["k"]) == (staying, staying)
+    assert result.policy("customers")["deleted"] == 4
+    assert ids(db.engine, f"SELECT id FROM customers WHERE name = '{REDACTED}'") == {1, 3}
+    assert ids(db.engine, "SELECT id FROM customers") == {1, 3}
+
+
+def test_rows_referenced_through_a_cascade_table_are_measured(db: TestDatabase, tmp_path: Path) -> None:
+    """A reference to a cascade row (an invoice pointing at a customer's cart) keeps the customer,
+    anonymised: the check measures it, once, with the customers referenced directly (EXISTS here)."""
+    md = sa.MetaData()
+    sa.Table("customers", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("left_at", sa.DateTime), sa.Column("name", sa.String(100)),
+             sa.Column("birth_date", sa.Date), sa.Column("postcode", sa.String(10)))
+    sa.Table("carts", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")))
+    sa.Table("invoices", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("cart_id", sa.Integer, sa.ForeignKey("carts.id")),
+             sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")))
+    md.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(md.tables["customers"].insert(), [
+            {"id": i, "left_at": LEFT, "name": f"Person {i}", "birth_date": dt.date(1970, 1, 1), "postcode": "1234 AB"}
+            for i in range(1, 6)])
+        conn.execute(md.tables["carts"].insert(), [{"id": c, "customer_id": c} for c in (1, 2, 3)])
+        # Customer 1 through its cart twice, 2 through its cart and directly, 4 directly; 3 and 5 not at all.
+        conn.execute(md.tables["invoices"].insert(), [
+            {"id": 1, "cart_id": 1, "customer_id": None}, {"id": 2, "cart_id": 1, "customer_id": None},
+            {"id": 3, "cart_id": 2, "customer_id": 2}, {"id": 4, "cart_id": None, "customer_id": 4}])
+    policy = customers_policy(action="delete", on_referenced="anonymise", cascade=["carts"], reidentification="warn")
+    pf = write(tmp_path, db, policy)
+    referenced = ids(db.engine, "SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM invoices i WHERE "
+                                "i.customer_id = c.id) OR EXISTS (SELECT 1 FROM carts k JOIN invoices i ON "
+                                "i.cart_id = k.id WHERE k.customer_id = c.id)")
+    assert referenced == {1, 2, 4}
+    preview = run_cli(pf, "--dry-run", "--force")
+    assert reid(preview)["rows"] == len(referenced)
+    result = run_cli(pf, "--force")
+    assert result.exit_code == 0, result
+    assert reid(result)["rows"] == len(referenced)
+    assert ids(db.engine, f"SELECT id FROM customers WHERE name = '{REDACTED}'") == referenced
+    assert ids(db.engine, "SELECT id FROM customers") == referenced

@@ -353,6 +353,17 @@ def joins_links(dialect: str) -> bool:
     return dialect == "postgresql"
 
 
+def joins_references(dialect: str) -> bool:
+    """Whether the re-identification check finds a delete policy's still-referenced rows by
+    outer-joining the distinct referenced keys rather than by an EXISTS per row and referencing
+    table. PostgreSQL: under the check's OR the EXISTS stays a subplan, one index probe per row
+    past its term (1M-account backlog: 345k + 147k probes, 2.7 s of a 23.8 s run); the join
+    reads the referencing tables once into a hash (35-45 % less for the whole check). An
+    uncorrelated ``IN`` is no alternative: a set larger than ``work_mem`` is scanned per row.
+    SQLite and MariaDB keep EXISTS (within their 10 % already)."""
+    return dialect == "postgresql"
+
+
 def unindexed(col: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
     """The column as a term no index serves, so the planner scans (SQLite: unary ``+``, a no-op)."""
     if dialect != "sqlite":

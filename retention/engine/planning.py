@@ -280,6 +280,28 @@ class Plan:
         edges = self.blocking_edges()
         return sa.or_(*[self.referenced_by(e, t) for e in edges]) if edges else sa.false()
 
+    def blocking_keys(self) -> sa.Subquery | None:
+        """:meth:`blocked` as a set to outer-join instead of an EXISTS per row: the distinct keys
+        (column ``rt_k``) of the policy rows that a row staying in this run points at. None when
+        nothing can block. Reads every referencing table once, whatever the rows asked about."""
+        if self.policy.action != "delete" or self.detaches:
+            return None
+        edges = self.blocking_edges()
+        if not edges:
+            return None
+        parts: list[sa.Select[Any]] = []
+        for edge in edges:
+            if edge.parent == self.policy.table and list(edge.parent_cols) == [self.key.name]:
+                # The child's own copy of the key: the join compares it as the EXISTS does.
+                child = self.schema.tables[edge.child].alias()
+                fk = child.c[edge.child_cols[0]]
+                parts.append(sa.select(fk.label("rt_k")).where(
+                    fk.is_not(None), sa.not_(self.removed_earlier(edge.child, child))))
+            else:  # through cascade tables or another unique column: from the policy rows
+                parts.append(self._referenced_keys(edge, lambda t: sa.true()))
+        # UNION, not UNION ALL: a row referenced twice must join once.
+        return (parts[0].distinct() if len(parts) == 1 else sa.union(*parts)).subquery("rt_blk")
+
     # -- references, per key ---------------------------------------------------------------
     def _referenced_keys(self, edge: Edge, restrict: Pred, tag: int | None = None,
                          with_pending: bool = False, semi_join: bool = False) -> sa.Select[Any]:
