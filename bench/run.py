@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -534,6 +535,8 @@ class Bench:
             p = doc["policies"][0]
             sample.update(rows=p["applied"], children=sum(p["cascaded"].values()), status=p["status"],
                           inner_s=p.get("duration_s"),
+                          # Where duration_s went (survey, check, batches, commit, audit).
+                          **{f"phase_{k}_s": v for k, v in (p.get("phases_s") or {}).items()},
                           # The re-identification check's own time, as the run measured it (anonymise only).
                           reid_s=((p.get("reidentification") or {}).get("duration_ms") or 0) / 1000
                           if p.get("reidentification") else None,
@@ -926,6 +929,51 @@ def kind_row(run: dict[str, Any], kind: str, method: str) -> dict[str, Any]:
     }
 
 
+PHASES = ("survey", "check", "batches", "commit", "audit")
+
+
+def write_phases(w: Callable[[str], None], runs: list[dict[str, Any]]) -> None:
+    """Per workload at the goal size, where `retention s` went (medians of the run JSON's
+    `phases_s`) against what a 1.3x goal allows: what a goal that fails would take."""
+    rows = [run for run in runs if run["accounts"] == GOAL_SIZE and run["samples"]]
+    if not any(first(run["samples"].get(f"retention:{k}"), "phase_survey_s") is not None
+               for run in rows for k in KINDS):
+        return
+    w("## Where the time goes, at 1M accounts\n")
+    w("Medians over the repetitions of each part of `retention s` (seconds). `start-up` = the whole process "
+      "minus the policy's `duration_s`: interpreter, imports, policy file, connecting, reflecting the schema, "
+      "the guards' audit history, writing the result; `survey` = counting (due, held, deferred, cascade), "
+      "the guards, the sample; `check` = the re-identification check (anonymising policies); `statements` = "
+      "the batches' SQL; `commit` = the databases' commits; `audit` = the audit log's entries, each fsync'd "
+      "(`phases_s` in the run's JSON). `allowed` = the goal's factor times `raw s`; `over` = what the run "
+      "would have to lose to meet it.\n")
+    w("| database | work | retention s | start-up | survey | check | statements | commit | audit | raw s | "
+      "allowed s | over s |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for run in rows:
+        s = run["samples"]
+        for kind, (_p, _t, label) in KINDS.items():
+            xs = s.get(f"retention:{kind}")
+            if not xs or first(xs, "phase_survey_s") is None:
+                continue
+            ret, inner, raw = med(xs), med(xs, "inner_s"), med(s.get(f"raw:{kind}"))
+            ph = {name: med(xs, f"phase_{name}_s") or 0.0 for name in PHASES}
+            statements = ph["batches"] - ph["commit"] - ph["audit"]
+            limit = (FAKE_LIMIT[run["database"]] if kind == "anon_fake"
+                     else CONST_LIMIT if kind == "anon_const" else DELETE_LIMIT[run["database"]])
+            allowed = raw * limit if raw else None
+            over = ret - allowed if ret is not None and allowed is not None else None
+            w(f"| {LABELS[run['database']]} | {label} | {fmt(ret)} | {fmt(minus(ret, inner))} | "
+              f"{fmt(ph['survey'])} | {fmt(ph['check']) if ph['check'] else '–'} | {fmt(statements)} | "
+              f"{fmt(ph['commit'])} | {fmt(ph['audit'])} | {fmt(raw)} | {fmt(allowed)} | "
+              f"{fmt(over) if over is not None and over > 0 else 'met'} |")
+    w("")
+
+
+def minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
 def peak_rss(run: dict[str, Any]) -> float | None:
     vals = [x.get("maxrss_mb") for name, xs in run["samples"].items() if name.split(":")[0] in
             ("retention", "thorough", "dryrun", "verify") for x in xs if x.get("maxrss_mb")]
@@ -1188,6 +1236,7 @@ def render(results: dict[str, Any]) -> str:
       " accounts, above 100,000 in the first repetition only, each run capped at "
       f"{meta.get('orm_timeout', 600):.0f} s; '–' where not run.\n")
 
+    write_phases(w, runs)
     w("## Purge, preview and audit verification\n")
     w("| database | accounts | delete purge none s | delete purge thorough s | purge step s (from the run) | "
       "purge result | SQLite raw DELETE with secure_delete=ON s | dry-run (all policies) s | dry-run peak RSS MB | "

@@ -112,3 +112,19 @@ def test_sizer_bounds() -> None:
     partial = BatchSizer(5000, explicit=False, target_ms=500)
     partial.done(17, 0.001)  # the last, short batch says nothing about speed
     assert partial.size == 5000
+
+
+def test_the_json_says_where_the_time_went(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    """`phases_s`: the survey, the walk and, of the walk, its commits and audit entries; the parts
+    never add up to more than the whole, and a preview has no walk."""
+    _build(sqlite_db)
+    policy = _policy(sqlite_db, tmp_path, batch_size=2000)
+    preview = run_cli(policy, "--dry-run", "--force").policy("events")
+    assert set(preview["phases_s"]) == {"survey"}
+    out, _entries = _run(sqlite_db, policy)
+    phases = out["phases_s"]
+    assert set(phases) == {"survey", "batches", "commit", "audit"}
+    assert phases["survey"] + phases["batches"] <= out["duration_s"] + 0.002  # each rounded to 1 ms
+    assert 0 < phases["commit"] + phases["audit"] <= phases["batches"] + 0.002
+    # Twelve batches, each with two fsync'd audit entries: never free.
+    assert phases["audit"] > 0 and phases["commit"] > 0

@@ -443,6 +443,7 @@ def test_still_referenced_rows_are_counted_once_and_not_when_their_reference_goe
     assert result.exit_code == 0, result
     assert (reid(result)["rows"], reid(result)["k"]) == (staying, staying)
     assert result.policy("customers")["deleted"] == 4
+    assert set(result.policy("customers")["phases_s"]) == {"survey", "check", "batches", "commit", "audit"}
     assert ids(db.engine, f"SELECT id FROM customers WHERE name = '{REDACTED}'") == {1, 3}
     assert ids(db.engine, "SELECT id FROM customers") == {1, 3}
 

@@ -97,6 +97,10 @@ class Applied:
     partitions: list[dict[str, Any]] = field(default_factory=list)
     # Rows per batch the walk asked for (BatchSizer.report): min, max, last, batches.
     batch_sizes: dict[str, int] = field(default_factory=dict)
+    # Seconds of the walk spent making it durable: the database's commits, the audit log's
+    # entries (written and fsync'd). The rest of the walk is its statements.
+    commit_s: float = 0.0
+    audit_s: float = 0.0
 
 
 BATCH_MIN, BATCH_MAX = 1_000, 100_000
@@ -177,7 +181,7 @@ class Executor:
         if self.plan.policy.action == "delete" and self.restrict is None:
             # Whole partitions first: the batches then walk only what is left. Not for an approved
             # plan: it names keys, and a partition may hold rows the plan does not.
-            for gone in partitions.drop_expired(self.engine, self.plan, self.audit.append, self.run_id,
+            for gone in partitions.drop_expired(self.engine, self.plan, self._append, self.run_id,
                                                 self.next_batch, kill_point):
                 applied.deleted += gone.rows
                 applied.batches += gone.batches
@@ -229,14 +233,14 @@ class Executor:
                 count = entry.count
                 if entry.action == "detach":
                     # Not the policy's own rows: no part of `applied`, and no progress.
-                    self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch,
+                    self._append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch,
                                       count=count, action="detach")
                     applied.batches += 1
                     applied.detached += count
                     name = f"{entry.table}.{','.join(entry.columns)}"
                     applied.detached_columns[name] = applied.detached_columns.get(name, 0) + count
                     continue
-                self.audit.append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
+                self._append("batch.committed", self.run_id, policy=plan.policy.name, batch=batch, count=count)
                 applied.batches += 1
                 if entry.action == "delete":
                     applied.deleted += count
@@ -292,7 +296,7 @@ class Executor:
                 # From here on the batch's fate is in the audit log: a failed commit is not
                 # retried (did it commit?) but left to the next run's recovery.
                 self._audited = True
-                self.audit.append(
+                self._append(
                     "batch", self.run_id, policy=plan.policy.name, database=plan.database,
                     table=entry.table or t.name, action=entry.action, state="intent", batch=batch,
                     key_column=entry.key_column or key.name, keys=_audit_keys(entry.keys),
@@ -300,8 +304,17 @@ class Executor:
                 )
                 written.append((batch, entry))
             kill_point("intent")
+            committing = time.monotonic()
+        self.applied.commit_s += time.monotonic() - committing
         kill_point("commit")
         return False, chosen, written, rows
+
+    def _append(self, event: str, run: str, **fields: Any) -> None:
+        started = time.monotonic()
+        try:
+            self.audit.append(event, run, **fields)
+        finally:
+            self.applied.audit_s += time.monotonic() - started
 
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
         self.audit.append("batch.retry", self.run_id, policy=self.plan.policy.name, database=self.plan.database,

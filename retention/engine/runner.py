@@ -123,6 +123,9 @@ class PolicyOutcome:
     partitions: list[dict[str, Any]] = field(default_factory=list)
     # Rows per batch the walk used (adaptive, execution.BatchSizer): min, max, last, batches.
     batch_sizes: dict[str, int] = field(default_factory=dict)
+    # Where duration_s went, in seconds: "survey" (counts, guards, sample), "check" (the
+    # re-identification check), "batches" (the walk), of which "commit" and "audit" (durability).
+    phases_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -388,6 +391,7 @@ def execute_run(
                     functools.partial(_survey, plan, engine, dry_run, history, ratchet, force or restrict is not None),
                     engine.dialect.name, functools.partial(_on_retry, log_, run_id, plan))
                 _set_counts(outcome, plan, counts)
+                outcome.phases_s["survey"] = round(time.monotonic() - t0, 3)
                 if not dry_run:  # a real run reports the rows it detached, not the count's estimate
                     outcome.detached, outcome.detached_columns = 0, {}
                 if problem:
@@ -403,7 +407,9 @@ def execute_run(
                     outcome.warnings.append("approval: required: a real run applies this policy only from an "
                                             "approved plan (retention plan / approve / run --plan)")
                 if plan.policy.anonymises:
+                    t_check = time.monotonic()
                     _check_reidentification(outcome, engine, plan, plans, model, dry_run)
+                    outcome.phases_s["check"] = round(time.monotonic() - t_check, 3)
                 if dry_run and (outcome.status == "ok" or plan.policy.name in ratchet):
                     # A preview of a changed policy shows what the change would do.
                     outcome.cascaded = counts.cascaded
@@ -424,6 +430,7 @@ def execute_run(
                     bar = progress(plan.policy.name, plan.touched(counts)) if progress else None
                     # Ours, so that what the committed batches did survives a failing batch.
                     applied = Applied()
+                    t_walk = time.monotonic()
                     try:
                         Executor(plan, engine, log_, run_id, lambda: next(batch_counter), fakes,
                                  moment.in_timezone(model.timezone).naive(), bar, restrict=restrict,
@@ -433,6 +440,8 @@ def execute_run(
                     finally:
                         _set_applied(outcome, applied)
                         outcome.partitions, outcome.batch_sizes = applied.partitions, applied.batch_sizes
+                        outcome.phases_s |= {"batches": round(time.monotonic() - t_walk, 3),
+                                             "commit": round(applied.commit_s, 3), "audit": round(applied.audit_s, 3)}
                         if restrict is not None:
                             outcome.skipped_keys = len(restrict) - applied.deleted - applied.anonymised
                         if applied.deleted or applied.anonymised:

@@ -43,6 +43,7 @@ def as_json_dict(result: RunResult) -> dict[str, Any]:
                 **({"plan": o.plan, "planned_keys": o.planned, "skipped_keys": o.skipped_keys} if o.plan else {}),
                 "partitions": o.partitions,
                 "batch_sizes": o.batch_sizes,
+                "phases_s": o.phases_s,
             }
             for o in result.policies
         ],
