@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import AS_OF, SHOP_POLICIES, file_sha256, invoke, unchanged_witness
+from helpers import AS_OF, SHOP_POLICIES, file_sha256, invoke, scalar, unchanged_witness
 from test_run import build_shop, expected
 
 if TYPE_CHECKING:
@@ -79,6 +79,16 @@ def _check(page: _Page, db: TestDatabase, pf: Path) -> None:
     assert page.counts[("invoices", "cascaded.invoice_lines")] == [len(exp.invoice_lines_deleted)]
     assert page.counts[("correspondence", "to_delete")] == [len(exp.tickets_due)]
     assert page.counts[("correspondence", "held")] == [len(exp.tickets_held)]
+    # The re-identification check on the accounts left anonymised: the deferred ones, grouped
+    # here by their values once generalised (postcode area, birth year) and those kept as they are.
+    deferred = sorted(exp.accounts_deferred)
+    year = "strftime('%Y', birth_date)" if db.name == "sqlite" else "EXTRACT(YEAR FROM birth_date)"
+    groups = scalar(db.engine, f"SELECT MIN(n) FROM (SELECT COUNT(*) AS n FROM accounts WHERE id IN "
+                               f"({', '.join(map(str, deferred))}) GROUP BY substr(postcode, 1, 4), {year}, "
+                               "created_at, deregistered_at, legal_hold) g")
+    assert page.counts[("accounts", "reid.rows")] == [len(deferred)]
+    assert page.counts[("accounts", "reid.k")] == [groups]
+    assert page.counts[("accounts", "reid.k_anonymity")] == [5]
     assert page.fields["policy_file_sha256"] == file_sha256(pf)
     assert page.fields["as_of"] == "2026-11-24T03:00:00+01:00"
     text = " ".join(" ".join(page.text).split())

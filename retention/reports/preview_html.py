@@ -85,7 +85,29 @@ def _policy(o: PolicyOutcome) -> str:
         f"<p><b>Rule:</b> {_e(rule_words(o))}.</p>"
         + (f"<p><b>Hold:</b> rows with {holds} are kept.</p>" if holds else "")
         + f'<p><b>Cut-off:</b> events up to {_e(o.cutoff_local)} <span class="mono">({_e(o.cutoff)})</span></p>'
-        f"{status}<table>{body}</table>{reasons}</section>"
+        f"{status}<table>{body}</table>{reasons}{_reidentification(o)}</section>"
+    )
+
+
+def _reidentification(o: PolicyOutcome) -> str:
+    """The check on the rows the policy leaves anonymised: the DPO signs for "anonymised" too."""
+    reid = o.reidentification
+    if reid is None:
+        return ""
+    after = "if it is let through" if reid.get("if_let_through") else "after this run"
+    if not reid.get("rows"):
+        return f'<p class="note" data-reid="none"><b>Re-identification check:</b> no anonymised rows {after}.</p>'
+    qi = ", ".join(reid.get("quasi_identifiers") or []) or "no column"
+    verdict = "passes" if reid.get("passed") else "FAILS"
+    links = ", ".join(f"{n:,} via {_e(t)}" for t, n in (reid.get("links") or {}).items())
+    return (
+        f'<p data-reid="{"passed" if reid.get("passed") else "failed"}"><b>Re-identification check {verdict}:</b> '
+        f"of {_count('reid.rows', reid['rows'])} rows anonymised {after}, the smallest group sharing "
+        f"{_e(qi)} has k = {_count('reid.k', reid['k'])} (needed: {_count('reid.k_anonymity', reid['k_anonymity'])}); "
+        f"{_count('reid.below_k', reid['below_k'])} rows are in smaller groups and "
+        f"{_count('reid.linkable', reid['linkable'])} are still linked by a foreign key to kept personal data"
+        + (f" ({links})" if links else "") + ".</p>"
+        + "".join(f'<p class="partial">{_e(w)}</p>' for w in o.warnings if "re-identification" in w.lower())
     )
 
 
