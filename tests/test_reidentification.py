@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import audit_path, ids, invoke, run_cli, scalar, unchanged_witness, write_policies
 
+from retention.audit import log as audit
 from retention.demo import build_demo
 
 if TYPE_CHECKING:
@@ -408,8 +409,12 @@ def test_a_preview_blocked_by_a_guard_shows_the_check_as_if_let_through(db: Test
     assert "[BLOCKED]" in preview.stdout
     assert "of 9 anonymised row(s) if it is let through" in preview.stdout
     assert "(if let through)" in preview.stdout
-    got = reid(run_cli(pf, "--dry-run"))
+    got = reid(run_cli(pf, "--dry-run", "--record"))
     assert (got["k"], got["below_k"], got["rows"], got["if_let_through"]) == (k, below, rows, True)
+    # The recorded preview keeps what the DPO saw, for the inspector.
+    [entry] = [e for e in audit.read_entries(audit_path(pf)) if e["event"] == "preview"]
+    recorded = entry["policies"][0]["reidentification"]
+    assert (recorded["k"], recorded["below_k"], recorded["rows"], recorded["if_let_through"]) == (k, below, rows, True)
 
     before = unchanged_witness(db)
     result = run_cli(pf)

@@ -580,6 +580,8 @@ def _record_preview(model: PolicyFile, result: RunResult, audit_key: bytes | Non
         "basis": o.basis, "status": o.status, "due": o.due, "held": o.held, "deferred": o.deferred,
         "to_delete": o.to_delete, "to_anonymise": o.to_anonymise, "already_anonymised": o.already_anonymised,
         "cascaded": o.cascaded, "deferred_reasons": o.deferred_reasons,
+        # What the DPO saw of "anonymised": the check's numbers (no value of a row).
+        **({"reidentification": o.reidentification} if o.reidentification is not None else {}),
     } for o in result.policies]
     try:
         with audit.AuditLog(Path(model.audit.path), audit_key) as log_:
