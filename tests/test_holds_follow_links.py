@@ -180,3 +180,33 @@ def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDa
         assert all(listed.search(s) for s in counts), counts
     else:
         assert not any(listed.search(s) for s in counts), counts
+
+
+def test_two_policies_with_the_same_hold_are_one_test_per_link(db: TestDatabase, tmp_path: Path) -> None:
+    """Two policies of the accounts table with the same `exclude`: the tickets they hold are the
+    same, and each statement of the tickets policy tests the link once, not once per policy."""
+    _boundary_schema(db.engine)
+    again = {**ACCOUNTS, "name": "accounts_again", "action": "anonymise", "fields": {"left_at": "null"}}
+    again.pop("on_referenced")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, again, TICKETS])
+    held = ids(db.engine, "SELECT t.id FROM tickets t WHERE t.legal_hold = TRUE OR EXISTS "
+                          "(SELECT 1 FROM accounts a WHERE a.id = t.account_id AND a.legal_hold = TRUE)")
+    statements: list[str] = []
+
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
+    try:
+        run = run_cli(policy, "--force", "--policy", "tickets")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
+    assert run.exit_code == 0, run
+    tickets = run.policy("tickets")
+    assert (tickets["held"], tickets["applied"]) == (len(held), 6 - len(held))
+    assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
+    assert ids(db.engine, "SELECT id FROM tickets") == held
+    # The batches' selection: the account's hold tested once per row.
+    batches = [s for s in statements if "ORDER BY tickets.id" in s and "legal_hold" in s]
+    assert batches
+    assert all(len(re.findall(r"FROM accounts AS", s)) == 1 for s in batches), batches

@@ -109,6 +109,11 @@ class Plan:
         self.strategies = {c: strategies.resolve(s) for c, s in (self.policy.fields or {}).items()}
         # (holding policy, foreign key between its table and ours) for every link a hold follows.
         self.hold_links: list[tuple[Policy, Edge]] = []
+        # Two policies of one table with the same `exclude` (one anonymises, one deletes) hold the
+        # same rows: one test per link, not one per policy. Each is an EXISTS per row in every
+        # batch (1M-account backlog, MariaDB: the due tickets counted in 4.8-5.3 s with one,
+        # 7.3-9.3 s with both).
+        seen: set[tuple[str, str, Edge]] = set()
         if self.policy.holds == "linked":
             for other in self.holders:
                 if other.name == self.policy.name or not other.exclude or other.table == self.policy.table:
@@ -117,7 +122,9 @@ class Plan:
                 if held_table is None or any(c not in held_table.c for c in other.exclude):
                     continue  # a policy not run tonight whose table validate has not checked
                 for edge in self.schema.edges:
-                    if {edge.child, edge.parent} == {other.table, self.policy.table}:
+                    same = (other.table, repr(sorted(other.exclude.items(), key=repr)), edge)
+                    if {edge.child, edge.parent} == {other.table, self.policy.table} and same not in seen:
+                        seen.add(same)
                         self.hold_links.append((other, edge))
         # The same for registry holds: (holding policy, its key column, link) per followed link.
         self.registry_links: list[tuple[Policy, sa.Column[Any], Edge]] = []
