@@ -7,8 +7,9 @@ preview and the run alike; what stays is checked in plain SQL, on every database
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from helpers import ids, run_cli, snapshot, write_policies
@@ -104,3 +105,108 @@ def test_a_hold_of_a_policy_not_selected_still_holds(db: TestDatabase, tmp_path:
     assert result.exit_code == 0, result
     assert (result.policy("invoices")["held"], result.policy("invoices")["applied"]) == (1, 2)
     assert ids(db.engine, "SELECT id FROM invoices") == {10}
+
+
+def _boundary_schema(engine: sa.Engine) -> None:
+    """Rows at every edge of a linked hold: NULL flags, NULL links, and a held ticket with no
+    account (a NULL among the held tickets' accounts must hold no account)."""
+    md = sa.MetaData()
+    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
+                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(accounts.insert(), [
+            {"id": 1, "left_at": OLD, "legal_hold": True},   # held itself
+            {"id": 2, "left_at": OLD, "legal_hold": False},  # held through its held ticket 200
+            {"id": 3, "left_at": OLD, "legal_hold": None},   # its tickets are not held: goes
+            {"id": 4, "left_at": OLD, "legal_hold": False},  # no ticket at all: goes
+        ])
+        conn.execute(tickets.insert(), [
+            {"id": 100, "account_id": 1, "closed_at": OLD, "legal_hold": False},    # its account is held
+            {"id": 200, "account_id": 2, "closed_at": OLD, "legal_hold": True},     # held itself
+            {"id": 300, "account_id": 3, "closed_at": OLD, "legal_hold": False},    # goes
+            {"id": 301, "account_id": 3, "closed_at": OLD, "legal_hold": None},     # goes
+            {"id": 400, "account_id": None, "closed_at": OLD, "legal_hold": True},  # held, links nothing
+            {"id": 401, "account_id": None, "closed_at": OLD, "legal_hold": False},  # no link: goes
+        ])
+
+
+def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDatabase, tmp_path: Path) -> None:
+    """The counts read the whole range once; on MariaDB they test a linked hold as a list of the
+    held rows' keys (`IN (SELECT ...)`, computed once per statement), the batches as an EXISTS
+    per row (a list would be computed again for every batch). Both must keep exactly the rows
+    plain SQL says are held."""
+    _boundary_schema(db.engine)
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, TICKETS])
+    held_tickets = ids(db.engine, "SELECT t.id FROM tickets t WHERE t.legal_hold = TRUE OR EXISTS "
+                                  "(SELECT 1 FROM accounts a WHERE a.id = t.account_id AND a.legal_hold = TRUE)")
+    held_accounts = ids(db.engine, "SELECT a.id FROM accounts a WHERE a.legal_hold = TRUE OR EXISTS "
+                                   "(SELECT 1 FROM tickets t WHERE t.account_id = a.id AND t.legal_hold = TRUE)")
+    assert (held_tickets, held_accounts) == ({100, 200, 400}, {1, 2})  # the data is what it says
+
+    statements: list[str] = []
+
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
+    try:
+        preview = run_cli(policy, "--dry-run", "--force")
+        run = run_cli(policy, "--force")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
+    assert preview.exit_code == 0, preview
+    assert run.exit_code == 0, run
+    for result in (preview, run):
+        tickets, accounts = result.policy("tickets"), result.policy("accounts")
+        assert (tickets["held"], tickets["due"]) == (len(held_tickets), 6 - len(held_tickets))
+        assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
+        assert (accounts["held"], accounts["due"]) == (len(held_accounts), 4 - len(held_accounts))
+        assert accounts["held_reasons"] == {"accounts.legal_hold": 1, "tickets.legal_hold": 1}
+    assert ids(db.engine, "SELECT id FROM tickets") == held_tickets
+    assert ids(db.engine, "SELECT id FROM accounts") == held_accounts
+
+    # Which form each statement used: the key list in counts on MariaDB only, never in a batch.
+    listed = re.compile(r"IN \(SELECT \w+\.(account_id|id) FROM (tickets|accounts) AS \w+ WHERE \w+\.\1 IS NOT NULL")
+    counts = [s for s in statements if "sum(CASE" in s and "legal_hold" in s]
+    batches = [s for s in statements if "FOR UPDATE" in s and "legal_hold" in s]
+    assert counts
+    assert not any(listed.search(s) for s in batches)
+    if db.name == "mariadb":
+        assert batches and all("EXISTS" in s for s in batches)
+        assert all(listed.search(s) for s in counts), counts
+    else:
+        assert not any(listed.search(s) for s in counts), counts
+
+
+def test_two_policies_with_the_same_hold_are_one_test_per_link(db: TestDatabase, tmp_path: Path) -> None:
+    """Two policies of the accounts table with the same `exclude`: the tickets they hold are the
+    same, and each statement of the tickets policy tests the link once, not once per policy."""
+    _boundary_schema(db.engine)
+    again = {**ACCOUNTS, "name": "accounts_again", "action": "anonymise", "fields": {"left_at": "null"}}
+    again.pop("on_referenced")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, again, TICKETS])
+    held = ids(db.engine, "SELECT t.id FROM tickets t WHERE t.legal_hold = TRUE OR EXISTS "
+                          "(SELECT 1 FROM accounts a WHERE a.id = t.account_id AND a.legal_hold = TRUE)")
+    statements: list[str] = []
+
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
+    try:
+        run = run_cli(policy, "--force", "--policy", "tickets")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
+    assert run.exit_code == 0, run
+    tickets = run.policy("tickets")
+    assert (tickets["held"], tickets["applied"]) == (len(held), 6 - len(held))
+    assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
+    assert ids(db.engine, "SELECT id FROM tickets") == held
+    # The batches' selection: the account's hold tested once per row.
+    batches = [s for s in statements if "ORDER BY tickets.id" in s and "legal_hold" in s]
+    assert batches
+    assert all(len(re.findall(r"FROM accounts AS", s)) == 1 for s in batches), batches

@@ -321,6 +321,15 @@ def update_next_batch(conn: sa.Connection, table: sa.Table, key: sa.Column[Any],
     return list(changed_keys or []), last
 
 
+def holds_as_key_list(dialect: str) -> bool:
+    """Whether a statement that reads a whole range once (a count, not a batch) tests a hold
+    that follows a foreign key as ``col IN (keys of the held rows)`` rather than an EXISTS per
+    row. MariaDB computes the uncorrelated list once per statement and probes it; the EXISTS
+    is a lookup per row into the linked table (1M-account backlog, accounts tally 3.2-4.2 s
+    as EXISTS, 1.7 s as IN)."""
+    return dialect == "mysql"
+
+
 def range_blind(dialect: str) -> bool:
     """Whether the planner walks an index for a range without knowing how much of the table it
     covers. SQLite (no range statistics) then reads a third of a table row by row through the
