@@ -268,3 +268,14 @@ def waiting_for_a_row_lock(db: Any) -> int:
     }[db.name]
     with db.engine.connect() as conn:
         return int(conn.exec_driver_sql(sql).scalar_one())
+
+
+def hold_tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The accounts and tickets of the hold tests: a `legal_hold` flag on each (NULL allowed),
+    tickets pointing at accounts (NULL allowed), indexed as a shop would be."""
+    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
+                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    return accounts, tickets

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import ids, invoke, run_cli, write_policies
+from helpers import hold_tables, ids, invoke, run_cli, write_policies
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -47,11 +47,7 @@ TICKET_ROWS: dict[int, tuple[dt.datetime, bool | None, int | None]] = {
 
 def _schema(engine: sa.Engine) -> None:
     md = sa.MetaData()
-    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
-                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
-    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
-                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
-                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    accounts, tickets = hold_tables(md)
     md.create_all(engine)
     with engine.begin() as conn:
         conn.execute(accounts.insert(), [{"id": i, "left_at": OLD, "legal_hold": h} for i, h in ACCOUNT_HOLDS.items()])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from helpers import ids, run_cli, snapshot, write_policies
+from helpers import hold_tables, ids, run_cli, snapshot, write_policies
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -29,14 +29,10 @@ TICKETS = {"name": "tickets", "table": "tickets", "after": "closed_at", "retain"
 
 def _schema(engine: sa.Engine) -> None:
     md = sa.MetaData()
-    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
-                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    accounts, tickets = hold_tables(md)
     invoices = sa.Table("invoices", md, sa.Column("id", sa.Integer, primary_key=True),
                         sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
                         sa.Column("issued_at", sa.DateTime, nullable=False, index=True))
-    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
-                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
-                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
     md.create_all(engine)
     with engine.begin() as conn:
         conn.execute(accounts.insert(), [
@@ -111,11 +107,7 @@ def _boundary_schema(engine: sa.Engine) -> None:
     """Rows at every edge of a linked hold: NULL flags, NULL links, and a held ticket with no
     account (a NULL among the held tickets' accounts must hold no account)."""
     md = sa.MetaData()
-    accounts = sa.Table("accounts", md, sa.Column("id", sa.Integer, primary_key=True),
-                        sa.Column("left_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
-    tickets = sa.Table("tickets", md, sa.Column("id", sa.Integer, primary_key=True),
-                       sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
-                       sa.Column("closed_at", sa.DateTime, index=True), sa.Column("legal_hold", sa.Boolean))
+    accounts, tickets = hold_tables(md)
     md.create_all(engine)
     with engine.begin() as conn:
         conn.execute(accounts.insert(), [
