@@ -74,9 +74,12 @@ def switch_off(variant: str) -> None:
         planning.Plan.readable = lambda self, t: sa.true()  # type: ignore[method-assign]
         dialects.beyond_dates = lambda value, column: sa.false()  # type: ignore[assignment]
     elif variant == "no_holds":
-        planning.Plan.held_match = lambda self, t: sa.false()  # type: ignore[method-assign]
-        planning.Plan.not_held = lambda self, t: sa.true()  # type: ignore[method-assign]
-        planning.Plan.hold_reasons = lambda self, t: {}  # type: ignore[method-assign]
+        # *a, **kw: the counts ask for their `whole`-range form (MariaDB's key lists).
+        planning.Plan.held_match = lambda self, t, *a, **kw: sa.false()  # type: ignore[method-assign]
+        planning.Plan.not_held = lambda self, t, *a, **kw: sa.true()  # type: ignore[method-assign]
+        planning.Plan.hold_reasons = lambda self, t, *a, **kw: {}  # type: ignore[method-assign]
+        # PostgreSQL's count tallies each hold condition apart (Plan._tally_flags): none either.
+        planning.Plan._hold_terms = lambda self, t: []  # type: ignore[method-assign]
         holds.active_keys = lambda engine, today: {}  # type: ignore[assignment]
         holds.record_expiries = lambda *args, **kwargs: {}  # type: ignore[assignment]
 
