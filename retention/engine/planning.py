@@ -484,8 +484,9 @@ class Plan:
         reasons = self.hold_reasons(t, whole=True)
         readable = self.readable(t)
         unreadable, held = sa.not_(readable), self.held_match(t, whole=True)
-        terms = self._hold_terms(t)
-        if dialects.flags_rows_apart(conn.dialect.name) and any(not is_own for _r, _c, is_own in terms):
+        # Only where the tally takes them apart: elsewhere the expressions would be built for nothing.
+        terms = self._hold_terms(t) if dialects.flags_rows_apart(conn.dialect.name) else []
+        if any(not is_own for _r, _c, is_own in terms):
             row = conn.execute(self._tally_flags(t, terms, readable, len(reasons) > 1)).one()
         else:
             row = conn.execute(
