@@ -704,10 +704,23 @@ class Bench:
         return out
 
     # -- everything ------------------------------------------------------------------------
+    def compile_bytecode(self) -> None:
+        """Write the package's bytecode, as `pip install` of a wheel does. An editable install
+        under PYTHONDONTWRITEBYTECODE=1 (set on this workplace's machines) never writes it, so
+        every process would compile the package's ~40 modules from source first: ~80 ms here,
+        ~250 ms on a slow day, a cost no installed copy pays."""
+        python = str(Path(self.retention[0]).with_name("python"))
+        where = subprocess.run([python, "-c", "import os, retention; print(os.path.dirname(retention.__file__))"],
+                               capture_output=True, text=True, env=self.env)
+        if where.returncode == 0 and where.stdout.strip():
+            subprocess.run([python, "-m", "compileall", "-q", where.stdout.strip()], env=self.env,
+                           stdout=subprocess.DEVNULL)
+
     def main(self) -> int:
         a = self.args
         self.work = Path(a.workdir).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
+        self.compile_bytecode()
         today = data_day(a.as_of, a.backlog_years)
         meta = self.results["meta"]
         meta.update(machine_info())
