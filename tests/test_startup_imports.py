@@ -53,6 +53,70 @@ def test_locale_check_without_faker_knows_the_same_locales() -> None:
     assert not any(_faker_has_locale(x) for x in ["xx_YY", "nl_XX", "../nl_NL", "", "nl_NL/..", "address"])
 
 
+def test_nothing_due_run_with_the_shops_fakes_imports_no_faker(tmp_path: Path) -> None:
+    """The fakes a policy names are checked at every start; for the common ones (first_name,
+    last_name, email: the shop's) that needs no Faker. It is imported when a row is faked."""
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE accounts (id INTEGER PRIMARY KEY, deregistered_at DATETIME, "
+                             "first_name TEXT NOT NULL, last_name TEXT NOT NULL, email TEXT, birth_date DATE, "
+                             "street TEXT)")
+        conn.exec_driver_sql(
+            "INSERT INTO accounts VALUES (1, '2026-11-01 10:00:00', 'An', 'Jansen', 'a@x.nl', NULL, 'Dorpsstraat 1')")
+    policy = write_policies(tmp_path / "policies.yaml", url, [
+        {"name": "accounts", "table": "accounts", "after": "deregistered_at", "retain": "24 months",
+         "action": "anonymise", "fields": {"first_name": "fake.first_name", "last_name": "fake.last_name",
+                                           "email": "fake.email", "birth_date": "fake.date_of_birth",
+                                           "street": "redact"},
+         "reidentification": "warn"}])  # one row is never k-anonymous; not what is tested here
+    loaded = _modules_after(["--policies", str(policy), "--log-format", "json", "run",
+                             "--as-of", "2026-11-24T03:00:00", "--format", "json"])
+    assert "faker" not in loaded
+    with engine.connect() as conn:  # it ran, and found nothing to do
+        assert conn.exec_driver_sql("SELECT first_name FROM accounts").scalar() == "An"
+    # ... and once the row is due, it is faked: the import is only deferred.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE accounts SET deregistered_at = '2020-01-01 10:00:00'")
+    loaded = _modules_after(["--policies", str(policy), "--log-format", "json", "run", "--force",
+                             "--as-of", "2026-11-24T03:00:00", "--format", "json"])
+    assert "faker" in loaded
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT first_name != 'An' AND email != 'a@x.nl' AND street != 'Dorpsstraat 1' "
+                                    "FROM accounts").scalar() == 1
+    engine.dispose()
+
+
+def test_the_fakes_known_without_faker_are_what_faker_gives_in_every_locale() -> None:
+    """strategies._KNOWN_FAKES stands in for Faker at validation: each provider must exist in
+    every locale Faker has, give a value without error, and of the listed type (a datetime is
+    not taken for a date, a bool not for an int). A Faker release that breaks one fails here."""
+    import datetime as dt
+    import warnings
+
+    from faker import Faker
+    from faker.config import AVAILABLE_LOCALES
+
+    from retention.anonymisation.strategies import _KNOWN_FAKES
+
+    wrong = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some locales warn that their numbers are made up
+        for locale in AVAILABLE_LOCALES:
+            fake = Faker(locale)
+            for provider, kind in _KNOWN_FAKES.items():
+                try:
+                    value = getattr(fake, provider)()
+                except Exception as exc:  # noqa: BLE001 - any error is a wrong entry
+                    wrong.append((locale, provider, repr(exc)[:60]))
+                    continue
+                exact = not (kind is dt.date and isinstance(value, dt.datetime)) and not (
+                    kind is int and isinstance(value, bool))
+                if not (isinstance(value, kind) and exact):
+                    wrong.append((locale, provider, type(value).__name__))
+    assert wrong == []
+
+
 # The collector during start-up (cli/app.py, _startup_done): off while the command's modules are
 # imported and the policy file loads, then what start-up made is frozen and collection resumes.
 _GC_SPY = (
