@@ -216,6 +216,17 @@ def ensure_sqlite_source(work: Path, accounts: int, data_day: dt.date, retention
     return path, seconds
 
 
+def _run_end_duration(stderr: str) -> float | None:
+    """The run's own time (``execute_run``: connect, reflect, count, audit) from its JSON log."""
+    for line in reversed(stderr.splitlines()):
+        if '"run.end"' in line:
+            try:
+                return float(json.loads(line)["duration_s"])
+            except (ValueError, KeyError):
+                return None
+    return None
+
+
 def next_night(as_of: str) -> str:
     """The as-of moment one day later (the next nightly run)."""
     return (dt.datetime.fromisoformat(as_of) + dt.timedelta(days=1)).isoformat()
@@ -789,17 +800,28 @@ class Bench:
             res = run_process([*self.retention, "--help"], d, self.env)
             out["help"].append({"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]})
             res = self.retention_cmd(policy, d, "run")
-            out["nothing_due"].append({"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]})
+            out["nothing_due"].append({"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"],
+                                       "run_s": _run_end_duration(res["stderr"])})
         python = str(Path(self.retention[0]).with_name("python"))
+        out["python"] = []
+        for _ in range(a.startup_runs):
+            res = run_process([python, "-c", "pass"], d, self.env)
+            out["python"].append({"seconds": res["seconds"], "rc": res["rc"], "maxrss_mb": res["maxrss_mb"]})
         res = subprocess.run([python, "-X", "importtime", "-m", "retention.cli", "--policies", str(policy),
                               "--log-format", "json", "run"], cwd=d, env=self.env, capture_output=True, text=True)
         top = 0
+        by_package: dict[str, int] = {}
         for line in res.stderr.splitlines():
             parts = line.split("|")
-            if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit() \
-                    and not parts[2].startswith("  "):
-                top += int(parts[1])
+            if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+                if not parts[2].startswith("  "):
+                    top += int(parts[1])
+                # Self times by top-level package: who costs what, wherever it was first imported.
+                own = int(parts[0].split(":")[1])
+                root = parts[2].strip().split(".")[0]
+                by_package[root] = by_package.get(root, 0) + own
         out["imports_s"] = top / 1e6
+        out["imports_by_package_s"] = {k: v / 1e6 for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])}
         self.results["startup"] = out
         log(f"start-up: --help {statistics.median(s['seconds'] for s in out['help']):.3f} s, nothing due "
             f"{statistics.median(s['seconds'] for s in out['nothing_due']):.3f} s (medians of {a.startup_runs}; "
@@ -1343,6 +1365,20 @@ def render(results: dict[str, Any]) -> str:
             w(f"| {label} | {fmt(med(startup[key]), '.3f')} | {spread(startup[key])} | "
               f"{fmt(max((x.get('maxrss_mb') or 0) for x in startup[key]), '.0f')} | {load:.1f} |")
         w(f"\nImports of the nothing-due run: {startup.get('imports_s', 0):.3f} s.\n")
+        runs = [x["run_s"] for x in startup["nothing_due"] if x.get("run_s") is not None]
+        if startup.get("python") and runs:
+            pkgs = startup.get("imports_by_package_s") or {}
+            w("Where a nothing-due run's time goes (medians; imports under `python -X importtime`, which "
+              "itself adds to them, one run; each package's own modules wherever they were first imported):\n")
+            w("| part | s |\n| --- | ---: |")
+            w(f"| the interpreter alone (`python -c pass`) | {fmt(med(startup['python']), '.3f')} |")
+            for name, sec in list(pkgs.items())[:10]:
+                w(f"| import {name} | {sec:.3f} |")
+            rest = sum(list(pkgs.values())[10:])
+            w(f"| import, all other packages | {rest:.3f} |")
+            w(f"| the run itself (`run.end` duration_s: connect, reflect, count, audit) | "
+              f"{statistics.median(runs):.3f} |")
+            w(f"| the whole process | {fmt(med(startup['nothing_due']), '.3f')} |\n")
     if results.get("partitions"):
         w("## Whole partitions vs row batches\n")
         w("bench/partitions.py: the same rows in a table range-partitioned by year on `happened_at` and in an "
