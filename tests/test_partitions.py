@@ -230,6 +230,44 @@ def test_a_key_unique_only_with_after_is_refused_when_rows_change_by_key(
     assert _ids(server_db) == set(range(1, 11))
 
 
+def test_detaching_rows_of_a_partitioned_table_never_touches_a_row_sharing_their_key(
+        db_factory: Any, tmp_path: Path) -> None:
+    """PostgreSQL (MariaDB's partitioned tables have no foreign keys): a partitioned table whose
+    rows point at accounts, keyed `id` unique only with its partition column, and two rows with
+    id 1, one pointing at the account being deleted, one at an account kept. Detaching names the
+    rows by `id` (the key of the table's own policy) and tests the link again in its UPDATE, so
+    only the first row is detached; the log names key 1 once, for that row."""
+    db = db_factory("postgresql")
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE accounts (id integer PRIMARY KEY, deregistered_at timestamp)")
+        conn.exec_driver_sql(
+            "CREATE TABLE shipments (id integer NOT NULL, shipped_at timestamp NOT NULL, "
+            "account_id integer REFERENCES accounts (id), PRIMARY KEY (id, shipped_at)) "
+            "PARTITION BY RANGE (shipped_at)")
+        conn.exec_driver_sql("CREATE TABLE s2020 PARTITION OF shipments FOR VALUES FROM (MINVALUE) TO ('2021-01-01')")
+        conn.exec_driver_sql("CREATE TABLE s2021 PARTITION OF shipments FOR VALUES FROM ('2021-01-01') TO (MAXVALUE)")
+        conn.exec_driver_sql("INSERT INTO accounts VALUES (10, '2020-01-01'), (20, NULL)")
+        conn.exec_driver_sql("INSERT INTO shipments VALUES (1, '2020-06-01', 10), (1, '2021-06-01', 20), "
+                             "(2, '2021-07-01', 10)")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [
+        {"name": "accounts", "table": "accounts", "after": "deregistered_at", "retain": "24 months",
+         "action": "delete", "on_referenced": "detach", "max_fraction": 1.0},
+        {"name": "shipments", "table": "shipments", "key": "id", "after": "shipped_at", "retain": "10 years",
+         "action": "delete"},
+    ], timezone="UTC")
+    result = run_cli(policy, as_of=AS_OF)
+    assert result.exit_code == 0, result.stdout
+    with db.engine.connect() as conn:
+        rows = {(r[0], str(r[1])[:10], r[2]) for r in conn.exec_driver_sql(
+            "SELECT id, shipped_at, account_id FROM shipments")}
+        accounts = {r[0] for r in conn.exec_driver_sql("SELECT id FROM accounts")}
+    assert rows == {(1, "2020-06-01", None), (1, "2021-06-01", 20), (2, "2021-07-01", None)}
+    assert accounts == {20}
+    assert result.policy("accounts")["detached"] == 2
+    detached = [e for e in _entries(policy) if e.get("event") == "batch" and e.get("action") == "detach"]
+    assert [(e["table"], sorted(e["keys"])) for e in detached] == [("shipments", [1, 2])]
+
+
 def test_dropped_partition_keys_are_found_and_shown(server_db: TestDatabase, tmp_path: Path) -> None:
     """`audit find` answers for a key that went with its partition; `audit show` totals it;
     the text preview names the partition."""

@@ -105,6 +105,24 @@ def key_column(table: sa.Table, policy: Policy) -> sa.Column[Any] | str:
     return f"column '{col.name}' of table '{table.name}' is not unique (no primary key or unique constraint)"
 
 
+def detach_key(table: sa.Table, policies: Iterable[Policy]) -> sa.Column[Any] | None:
+    """The column that names a detached row of ``table`` (audit log, erase report): its
+    single-column primary key; on a partitioned table, whose keys are unique only together with
+    the partition column, the `key` that the table's own delete policy names (as
+    :func:`key_column` accepts it). Such a key may repeat across partitions, so the detaching
+    UPDATE also tests the foreign key (Executor._detach): it never detaches a row that does not
+    point at the removed rows."""
+    pk = single_key(table)
+    if pk is not None:
+        return pk
+    for policy in policies:
+        if policy.table == table.name and policy.key is not None and policy.action == "delete":
+            col = key_column(table, policy)
+            if not isinstance(col, str):
+                return col
+    return None
+
+
 def key_unique_alone(table: sa.Table, key: sa.Column[Any]) -> bool:
     """Whether ``key`` is unique by itself (not only together with another column)."""
     unique = [tuple(c.name for c in table.primary_key.columns)]
@@ -235,7 +253,7 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str],
             problems.append(("cascade", tree))
         else:
             if policy.on_referenced == "detach" and not conflicts:
-                problems += _detach_problems(schema, policy, tree)
+                problems += _detach_problems(schema, policy, tree, others)
             for child, edge in tree.items():
                 if not schema.has_index(child, edge.child_cols):
                     cols = ", ".join(edge.child_cols)
@@ -248,10 +266,11 @@ def check_policy(schema: Schema, policy: Policy, missing: set[str],
     return problems, warnings
 
 
-def _detach_problems(schema: Schema, policy: Policy, tree: dict[str, Edge]) -> list[tuple[str, str]]:
+def _detach_problems(schema: Schema, policy: Policy, tree: dict[str, Edge],
+                     others: Iterable[Policy]) -> list[tuple[str, str]]:
     """``on_referenced: detach`` sets the referencing foreign key to NULL: every such key must be
-    nullable, and its table must have a single-column primary key (the audit log names the
-    detached rows by it)."""
+    nullable, and its table must have a key that names its rows in the audit log
+    (:func:`detach_key`)."""
     out: list[tuple[str, str]] = []
     for edge in blocking_edges(schema, policy, tree):
         child = schema.tables.get(edge.child)
@@ -264,10 +283,10 @@ def _detach_problems(schema: Schema, policy: Policy, tree: dict[str, Edge]) -> l
                 f"{edge.child} rows could not be detached from {edge.parent}; use defer or anonymise, "
                 f"or make the column nullable"
             )))
-        elif single_key(child) is None:
+        elif detach_key(child, others) is None:
             out.append(("on_referenced", (
                 f"detach names the detached rows of {edge.child} by their key, but {edge.child} has no "
-                f"single-column primary key"
+                f"single-column primary key, nor a delete policy of its own naming a `key`"
             )))
     return out
 

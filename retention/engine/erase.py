@@ -301,11 +301,9 @@ def _detached_and_cascaded(conn: sa.Connection, plan: ErasePlan, gone: list[Any]
             fate.cascaded[member] = n
     if not plan.detaches:
         return
-    from retention.databases.schema import single_key
-
     for edge in plan.blocking_edges():
         child = plan.schema.tables[edge.child]
-        child_key = single_key(child)
+        child_key = plan.detach_key(child)
         if child_key is None:
             continue
         alias = child.alias("rt_dc")

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from retention.anonymisation.strategies import Fake, FakePool, Generalise
 from retention.databases import dialects
-from retention.databases.schema import single_key
+from retention.databases.schema import key_unique_alone
 from retention.engine import partitions
 from retention.engine.planning import Plan, _jsonable
 from retention.errors import BatchCheckFailed
@@ -45,6 +45,9 @@ class Entry:
     cascaded: dict[str, int]
     table: str | None = None
     key_column: str | None = None
+    # A detach whose key is unique only with a partition column: the rows it was given are
+    # those of ``keys`` that pointed at the batch's rows (Executor._detach).
+    scope: sa.ColumnElement[bool] | None = None
 
 
 # Waits before each retry of a transaction that failed for a transient reason (connection lost,
@@ -332,7 +335,8 @@ class Executor:
                 # The referencing rows: each given one now has its foreign key NULL.
                 table = plan.schema.tables[entry.table or plan.table.name]
                 cond = sa.and_(dialects.key_in(table.c[entry.key_column or plan.key.name], entry.keys, self.dialect),
-                               sa.or_(*[table.c[c].is_not(None) for c in entry.columns]))
+                               sa.or_(*[table.c[c].is_not(None) for c in entry.columns]),
+                               *([entry.scope] if entry.scope is not None else []))
             else:
                 table = plan.table
                 cond = dialects.key_in(plan.key, entry.keys, self.dialect)
@@ -414,18 +418,20 @@ class Executor:
         entries: list[Entry] = []
         for edge in plan.blocking_edges():
             child = plan.schema.tables[edge.child]
-            child_key = single_key(child)
-            assert child_key is not None, "validation refuses detach without a single-column key"
+            child_key = plan.detach_key(child)
+            assert child_key is not None, "validation refuses detach without a key for the detached rows"
             where = plan.referencing_filter(edge, child,
                                             lambda col: dialects.key_in(col, keys, self.dialect))
             query = sa.select(child_key).where(where).order_by(child_key)
             found = [r[0] for r in conn.execute(dialects.lock_rows(query, self.dialect))]
             if not found:
                 continue
-            update = child.update().where(dialects.key_in(child_key, found, self.dialect))
+            # The link again: a key unique only with a partition column may name other rows too.
+            update = child.update().where(dialects.key_in(child_key, found, self.dialect), where)
             count = conn.execute(update.values({c: None for c in edge.child_cols})).rowcount
+            unique = key_unique_alone(child, child_key)
             entries.append(Entry("detach", found, list(edge.child_cols), count, {},
-                                 table=edge.child, key_column=child_key.name))
+                                 table=edge.child, key_column=child_key.name, scope=None if unique else where))
         return entries
 
     def _fake_columns(self) -> list[str]:

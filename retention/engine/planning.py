@@ -21,7 +21,15 @@ import sqlalchemy as sa
 
 from retention.anonymisation import strategies
 from retention.databases import dialects
-from retention.databases.schema import Edge, Schema, blocking_edges, cascade_tree, key_column, key_unique_alone
+from retention.databases.schema import (
+    Edge,
+    Schema,
+    blocking_edges,
+    cascade_tree,
+    detach_key,
+    key_column,
+    key_unique_alone,
+)
 from retention.engine import holds
 from retention.policy.dates import Cutoff
 from retention.policy.model import Policy
@@ -264,6 +272,10 @@ class Plan:
 
     def pending(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         return pending(self.policy, t)
+
+    def detach_key(self, child: sa.Table) -> sa.Column[Any] | None:
+        """The column naming the rows of ``child`` that ``on_referenced: detach`` detaches."""
+        return detach_key(child, self.holders)
 
     # -- references ------------------------------------------------------------------------
     def blocking_edges(self) -> list[Edge]:
