@@ -51,8 +51,10 @@ Progress = Callable[[int], None]
 # --------------------------------------------------------------------------- schema
 
 
-def shop_metadata() -> sa.MetaData:
-    """The demo shop's tables, in a fresh MetaData on every call."""
+def shop_metadata(partitioned: bool = False) -> sa.MetaData:
+    """The demo shop's tables, in a fresh MetaData on every call. ``partitioned``: ``orders``
+    range-partitioned by ``ordered_at`` (PostgreSQL only; the partitions: :func:`_order_partitions`),
+    whose key is then ``(id, ordered_at)``: PostgreSQL wants the partition column in it."""
     md = sa.MetaData()
     # Harmless elsewhere; on MySQL/MariaDB: transactional tables that enforce foreign keys, full UTF-8.
     kw: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
@@ -76,17 +78,18 @@ def shop_metadata() -> sa.MetaData:
     sa.Table(
         "orders",
         md,
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         # Nullable, as in a real shop: guest orders have no account, and an order kept for its
         # own 7 years is detached from an account deleted after 24 months (on_referenced: detach).
         sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=True, index=True),
-        sa.Column("ordered_at", sa.DateTime, nullable=False, index=True),
+        sa.Column("ordered_at", sa.DateTime, nullable=False, index=True, primary_key=partitioned),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("total_cents", sa.Integer, nullable=False),
         sa.Column("shipping_street", sa.String(200)),
         sa.Column("shipping_postcode", sa.String(10)),
         sa.Column("shipping_city", sa.String(100)),
         **kw,
+        **({"postgresql_partition_by": "RANGE (ordered_at)"} if partitioned else {}),
     )
     sa.Table(
         "invoices",
@@ -773,19 +776,30 @@ def create_shop(
     seed: int = 42,
     today: datetime.date | None = None,
     progress: Progress | None = None,
+    partitioned: bool = False,
 ) -> DemoSummary:
     """Creates the shop's tables in ``engine``'s database and fills them.
 
     Works on SQLite, PostgreSQL (psycopg 3) and MariaDB/MySQL (PyMySQL). Refuses
     (InvalidInput) when a shop table already exists and holds rows; empty existing tables
     are reused. Rows are committed per chunk of accounts; ``progress`` is called after each
-    chunk with the number of accounts done so far.
+    chunk with the number of accounts done so far. ``partitioned``: ``orders`` in a partition
+    per year (PostgreSQL only, see :func:`shop_metadata`).
     """
     if accounts < 0:
         raise InvalidInput(f"demo: the number of accounts must be 0 or more, not {accounts}")
+    if partitioned and engine.dialect.name != "postgresql":
+        # MariaDB's partitioned tables can have no foreign keys, and the shop's promises follow
+        # orders.account_id: the orders of an account under legal hold are kept, those of a
+        # deleted account are detached. Without the key they would go with their partition.
+        raise InvalidInput(
+            f"demo: --partitioned needs PostgreSQL, not {_dialect_label(engine)}: partitioned orders keep their "
+            "foreign key to accounts only there (MariaDB's partitioned tables have none, and the legal holds "
+            "and detaching follow that key)"
+        )
     started = time.perf_counter()
     today = today or datetime.date.today()
-    md = shop_metadata()
+    md = shop_metadata(partitioned)
     non_empty = {name: n for name, n in _existing_rows(engine, md).items() if n}
     if non_empty:
         url = engine.url.render_as_string(hide_password=True)
@@ -794,6 +808,8 @@ def create_shop(
             "use an empty database or drop the shop tables first"
         )
     md.create_all(engine)
+    if partitioned:
+        _order_partitions(engine, today)
     for name in TABLES:  # the generator's tuples must line up with the tables
         assert tuple(md.tables[name].columns.keys()) == COLUMNS[name], name
     sqlite = engine.dialect.name == "sqlite"
@@ -835,7 +851,25 @@ def create_shop(
     )
 
 
-def build_in(url: str, accounts: int = 10_000, seed: int = 42, today: datetime.date | None = None) -> DemoSummary:
+def _dialect_label(engine: sa.Engine) -> str:
+    return {"sqlite": "SQLite", "mysql": "MariaDB/MySQL"}.get(engine.dialect.name, engine.dialect.name)
+
+
+def _order_partitions(engine: sa.Engine, today: datetime.date) -> None:
+    """A partition of ``orders`` per calendar year, from the shop's first year to the next one
+    (the generator's orders lie in the ten years before ``today``; a live shop would add a year
+    ahead each December), named ``orders_<year>``. The orders policy counts 7 years from the end
+    of the year, so a year's partition is past its term as a whole on a New Year's Day."""
+    with engine.begin() as conn:
+        for year in range(_add_months(today, -120).year, today.year + 2):  # _Generator.start on
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS orders_{year} PARTITION OF orders "
+                f"FOR VALUES FROM ('{year}-01-01') TO ('{year + 1}-01-01')"
+            )
+
+
+def build_in(url: str, accounts: int = 10_000, seed: int = 42, today: datetime.date | None = None,
+             partitioned: bool = False) -> DemoSummary:
     """Builds the demo shop in the (empty) database at ``url``; see :func:`create_shop`."""
     from retention.databases.dialects import create_engine
     from retention.errors import DatabaseUnreachable
@@ -849,7 +883,7 @@ def build_in(url: str, accounts: int = 10_000, seed: int = 42, today: datetime.d
         raise DatabaseUnreachable(f"demo: cannot connect to {engine.url.render_as_string(hide_password=True)}: "
                                   f"{first[0] if first else type(exc).__name__}") from None
     try:
-        return create_shop(engine, accounts=accounts, seed=seed, today=today)
+        return create_shop(engine, accounts=accounts, seed=seed, today=today, partitioned=partitioned)
     finally:
         engine.dispose()
 

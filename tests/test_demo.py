@@ -502,3 +502,20 @@ def test_demo_url_builds_the_same_shop_in_a_server_database(server_db: Any, tmp_
 
     gone = invoke(["demo", "--url", "postgresql+psycopg://nobody@127.0.0.1:1/none", "--accounts", "5"])
     assert gone.exit_code == 2 and "cannot" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_partitioned_demo_is_refused_where_orders_would_lose_their_foreign_key(
+        db_factory: Any, tmp_path: Path) -> None:
+    """`demo --partitioned` puts the orders in a partition per year on PostgreSQL only: MariaDB's
+    partitioned tables have no foreign keys (the legal holds and detaching follow
+    orders.account_id), and SQLite has no partitions. Exit 2, a reason, nothing created."""
+    mariadb = db_factory("mariadb")
+    out = invoke(["demo", "--url", mariadb.url, "--accounts", "5", "--partitioned"])
+    assert out.exit_code == 2, out
+    assert "--partitioned needs PostgreSQL, not MariaDB/MySQL" in out.stderr
+    assert sa.inspect(mariadb.engine).get_table_names() == []
+    path = tmp_path / "shop.db"
+    out = invoke(["demo", "--path", str(path), "--accounts", "5", "--partitioned"])
+    assert out.exit_code == 2, out
+    assert "--partitioned needs a PostgreSQL --url" in out.stderr
+    assert not path.exists()

@@ -60,6 +60,42 @@ def _purge_held_back(run: Any) -> bool:
 def test_the_shipped_policies_keep_every_promise_on_a_backlog(
         db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     create_shop(db.engine, accounts=ACCOUNTS, seed=11, today=BUILT)
+    _keeps_every_promise(db, tmp_path, monkeypatch)
+
+
+def test_the_shipped_policies_keep_every_promise_with_orders_partitioned_by_year(
+        db_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`retention demo --partitioned` (PostgreSQL): the orders in a partition per year. The same
+    promises hold, and a year whose orders are all past their term goes whole, unless one of its
+    orders is held (its account is under legal hold): then its rows go one by one."""
+    db = db_factory("postgresql")
+    create_shop(db.engine, accounts=ACCOUNTS, seed=11, today=BUILT, partitioned=True)
+    partitions_sql = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                      "WHERE i.inhparent = 'orders'::regclass")
+    with db.engine.connect() as conn:
+        years_before = {r[0] for r in conn.exec_driver_sql(partitions_sql)}
+    run, before, _after = _keeps_every_promise(db, tmp_path, monkeypatch)
+    with db.engine.connect() as conn:
+        years_after = {r[0] for r in conn.exec_driver_sql(partitions_sql)}
+
+    held_accounts = {k for k, r in before["accounts"].items() if r["legal_hold"]}
+    now = dt.datetime.combine(dt.date.today(), dt.time())
+    expired = {y for y in range(BUILT.year - 10, BUILT.year + 1) if book_year_term(dt.date(y, 12, 31), 7) <= now}
+    orders_of = {y: [r for r in before["orders"].values() if r["ordered_at"].year == y] for y in expired}
+    whole = {f"orders_{y}" for y, rows in orders_of.items()
+             if rows and not any(r["account_id"] in held_accounts for r in rows)}
+    kept = {f"orders_{y}" for y, rows in orders_of.items() if any(r["account_id"] in held_accounts for r in rows)}
+    assert whole and kept, "the seed should give both kinds of year, or this proves little"
+    assert years_before - years_after == whole
+    assert kept <= years_after
+    dropped = {p["partition"]: p["rows"] for p in run.policy("orders")["partitions"]}
+    assert dropped == {f"orders_{y}": len(orders_of[y]) for y in expired if f"orders_{y}" in whole}
+
+
+def _keeps_every_promise(db: TestDatabase, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Runs the shipped file on the shop in ``db`` and checks every promise; returns the run and
+    the rows before and after."""
     policy = tmp_path / "policies.yaml"
     shutil.copy(SHIPPED, policy)  # relative paths (the audit log) resolve next to the copy
     monkeypatch.setenv("SHOP_DATABASE_URL", db.url)
@@ -141,3 +177,4 @@ def test_the_shipped_policies_keep_every_promise_on_a_backlog(
     assert accounts["detached"] == sum(
         1 for t in ("orders", "invoices", "tickets") for k in set(before[t]) & set(after[t])
         if before[t][k]["account_id"] is not None and after[t][k]["account_id"] is None)
+    return run, before, after

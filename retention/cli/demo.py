@@ -14,6 +14,7 @@ from retention.cli.app import (
     _State,
     main,
 )
+from retention.errors import InvalidInput
 
 
 @main.command()
@@ -28,11 +29,14 @@ from retention.cli.app import (
 @click.option("--as-of", "as_of", metavar="DATE",
               help="Build the shop as it stood on DATE (YYYY-MM-DD, not in the future; default today). "
                    "An earlier date gives a shop whose terms have not been enforced since: a first-run backlog.")
+@click.option("--partitioned", is_flag=True,
+              help="Orders in a partition per year (PostgreSQL --url only): the orders policy then drops "
+                   "each year past its term in one statement, where no order in it is held.")
 @_global_options()
 @click.pass_obj
 @_guard
 def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as_of: str | None,
-         url: str | None) -> None:
+         url: str | None, partitioned: bool) -> None:
     """Build a demo web-shop database (SQLite, or --url) with ten years of Dutch test data.
 
     \b
@@ -41,12 +45,15 @@ def demo(state: _State, path: str, accounts: int, seed: int, overwrite: bool, as
       retention demo --accounts 1000000 --path big.db  a million accounts
       retention demo --as-of 2024-11-24                two years of backlog for tonight's run
       retention demo --url postgresql+psycopg://postgres@localhost/shop
+      retention demo --url postgresql+psycopg://postgres@localhost/shop --partitioned
     """
     from retention import demo as demo_mod
 
     today = demo_mod.parse_today(as_of) if as_of else None
+    if partitioned and url is None:
+        raise InvalidInput("demo: --partitioned needs a PostgreSQL --url: SQLite has no partitions")
     if url is not None:
-        summary = demo_mod.build_in(url, accounts=accounts, seed=seed, today=today)
+        summary = demo_mod.build_in(url, accounts=accounts, seed=seed, today=today, partitioned=partitioned)
         counts = ", ".join(f"{n} {t}" for t, n in summary.counts.items())
         click.echo(f"{summary.url}: {counts}")
         return
