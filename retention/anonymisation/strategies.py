@@ -122,20 +122,21 @@ class Fake(Strategy):
     provider: str = ""
 
     def check(self, col: sa.Column[Any]) -> str | None:
-        known = _KNOWN_FAKES.get(self.provider)
-        sample = _Declared(known) if known else fake_sample(self.provider)
+        # The type of the provider's values: known for the common ones, else from a sample.
+        kind = _KNOWN_FAKES.get(self.provider) or type(fake_sample(self.provider))
+        gives = f"fake.{self.provider} gives {kind.__name__} values, column '{col.name}'"
         if isinstance(col.type, sa.String):
-            if not _gives(sample, str):
-                return f"fake.{self.provider} gives {_kind(sample)} values, column '{col.name}' is text"
+            if not issubclass(kind, str):
+                return f"{gives} is text"
         elif isinstance(col.type, sa.DateTime):
-            if not _gives(sample, dt.datetime):
-                return f"fake.{self.provider} gives {_kind(sample)} values, column '{col.name}' is a datetime"
+            if not issubclass(kind, dt.datetime):
+                return f"{gives} is a datetime"
         elif isinstance(col.type, sa.Date):
-            if not _gives(sample, dt.date):
-                return f"fake.{self.provider} gives {_kind(sample)} values, column '{col.name}' is a date"
+            if not issubclass(kind, dt.date):
+                return f"{gives} is a date"
         elif isinstance(col.type, sa.Integer):
-            if not _gives(sample, int) or _gives(sample, bool):
-                return f"fake.{self.provider} gives {_kind(sample)} values, column '{col.name}' is an integer"
+            if not issubclass(kind, int) or issubclass(kind, bool):
+                return f"{gives} is an integer"
         return None
 
 
@@ -242,21 +243,6 @@ def _faker_has_locale(locale: str) -> bool:
     if spec is None or spec.origin is None:
         return False
     return any((Path(spec.origin).parent / "providers").glob(f"*/{locale}/__init__.py"))
-
-
-@dataclass(frozen=True)
-class _Declared:
-    """A provider's value type, known without Faker (_KNOWN_FAKES), standing in for a sample."""
-
-    type: type
-
-
-def _gives(sample: Any, kind: type) -> bool:
-    return issubclass(sample.type, kind) if isinstance(sample, _Declared) else isinstance(sample, kind)
-
-
-def _kind(sample: Any) -> str:
-    return (sample.type if isinstance(sample, _Declared) else type(sample)).__name__
 
 
 # The providers policies fake personal data with, and the type of their values, known without
