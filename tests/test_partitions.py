@@ -124,6 +124,44 @@ def test_expired_partition_dropped_whole_the_rest_by_batches(server_db: TestData
     assert audit.verify(policy.parent / "audit" / "retention.jsonl").ok
 
 
+def test_a_dropped_partitions_keys_are_logged_in_order_in_entries_of_the_set_size(
+        server_db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys are read in pages (MariaDB: numbered and aggregated by the server): with two
+    keys per entry and id 2 twice in p2022 (unique only with happened_at), a page boundary falls
+    between the two: every row's key is logged once, in key order, and the partition goes."""
+    from retention.engine import partitions
+
+    monkeypatch.setattr(partitions, "KEYS_PER_ENTRY", 2)
+    _build(server_db)
+    with server_db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold) VALUES (2, '2022-01-01 00:00:00', :f)"),
+                     {"f": False})
+    policy = _policy(server_db, tmp_path)
+    result = run_cli(policy, as_of=AS_OF)
+    assert result.exit_code == 0, result
+    assert result.policy("events")["partitions"] == [{"partition": "p2022", "rows": 4}]
+    assert "p2022" not in _partitions(server_db)
+    intents = [e for e in _entries(policy) if e["event"] == "batch" and e.get("partition") == "p2022"]
+    assert [e["keys"] for e in intents] == [[1, 2], [2, 3]]
+
+
+def test_reading_a_partitions_keys_leaves_the_session_as_it_was(db_factory: Any) -> None:
+    """MariaDB: the key pages raise group_concat_max_len (1 MB would cut a page of 100,000 keys)
+    for their own statement, and set it back on the pooled connection afterwards."""
+    from retention.databases import dialects
+
+    db = db_factory("mariadb")
+    _build(db)
+    table = sa.Table("events", sa.MetaData(), autoload_with=db.engine)
+    frm, finish = dialects.partition_rows(table, "p2023", "mysql")
+    with db.engine.connect() as conn:
+        before = conn.exec_driver_sql("SELECT @@SESSION.group_concat_max_len").scalar_one()
+        pages = list(dialects.stream_keys(conn, finish(sa.select(frm.c.id).order_by(frm.c.id)), 100_000))
+        after = conn.exec_driver_sql("SELECT @@SESSION.group_concat_max_len").scalar_one()
+    assert pages == [[4, 5, 6]]
+    assert before == after < 100_000 * 22
+
+
 def test_partition_ending_exactly_at_the_cutoff_is_dropped(server_db: TestDatabase, tmp_path: Path) -> None:
     """The boundary: a partition whose upper bound is the cut-off itself is past its term."""
     _build(server_db, short_upper=CUT)

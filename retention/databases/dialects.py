@@ -876,6 +876,9 @@ def stream_keys(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
     server-side cursor straight from the driver (PostgreSQL: a named cursor; MariaDB: PyMySQL's
     unbuffered cursor). SQLAlchemy's result rows cost ~6 us per key, most of reading a large
     partition's keys. The cursor is closed before this returns: a DDL on the table may follow."""
+    if conn.dialect.name == "mysql" and isinstance(query.selected_columns[0].type, sa.Integer):
+        yield from _mysql_key_pages(conn, query, chunk)
+        return
     sql = str(query.compile(dialect=conn.dialect))
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
@@ -892,3 +895,37 @@ def stream_keys(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
             yield [r[0] for r in rows]
     finally:
         cur.close()
+
+
+def _mysql_key_pages(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
+    """MariaDB, integer keys: the server numbers the rows in key order and hands them over as
+    one JSON array per page of ``chunk`` keys, which ``json.loads`` parses in C. PyMySQL decodes
+    every row in Python: 333k keys of a partition took 0.80 s row by row, 0.35-0.39 s in pages.
+    Every row is read, a key repeated in the partition (unique only with its `after`) too."""
+    import json
+
+    import pymysql.cursors
+
+    key = query.selected_columns[0]
+    numbered = query.order_by(None).add_columns((sa.func.row_number().over(order_by=key) - 1).label("rt_n"))
+    name = _quote_mysql(key.name)
+    sql = (f"SELECT JSON_ARRAYAGG(rt_k.{name} ORDER BY rt_k.{name}) "
+           f"FROM ({numbered.compile(dialect=conn.dialect, compile_kwargs={'literal_binds': True})}) AS rt_k "
+           f"GROUP BY rt_k.rt_n DIV {int(chunk)} ORDER BY rt_k.rt_n DIV {int(chunk)}")
+    dbapi = conn.connection.dbapi_connection
+    cur = dbapi.cursor(pymysql.cursors.SSCursor)  # type: ignore[union-attr]
+    # JSON_ARRAYAGG stops at group_concat_max_len (1 MB by default): a page of 100,000 keys of
+    # up to 20 digits needs ~2.1 MB. Raised for this statement only; a cut page would not parse.
+    cur.execute("SET @rt_gcml = @@SESSION.group_concat_max_len, SESSION group_concat_max_len = %s",
+                (max(chunk * 22, 1 << 20),))
+    try:
+        cur.execute(sql)
+        while rows := cur.fetchmany(1):
+            yield json.loads(rows[0][0])
+    finally:
+        cur.close()
+        restore = dbapi.cursor()  # type: ignore[union-attr]
+        try:
+            restore.execute("SET SESSION group_concat_max_len = @rt_gcml")
+        finally:
+            restore.close()
