@@ -861,7 +861,7 @@ def _order_partitions(engine: sa.Engine, today: datetime.date) -> None:
     ahead each December), named ``orders_<year>``. The orders policy counts 7 years from the end
     of the year, so a year's partition is past its term as a whole on a New Year's Day."""
     with engine.begin() as conn:
-        for year in range(_add_months(today, -120).year, today.year + 2):  # _Generator.start on
+        for year in range(_add_months(today, -120).year, today.year + 2):  # from _Generator.start
             conn.exec_driver_sql(
                 f"CREATE TABLE IF NOT EXISTS orders_{year} PARTITION OF orders "
                 f"FOR VALUES FROM ('{year}-01-01') TO ('{year + 1}-01-01')"
