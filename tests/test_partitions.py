@@ -44,7 +44,9 @@ POLICY = {"name": "events", "table": "events", "key": "id", "after": "happened_a
           "action": "delete", "exclude": {"legal_hold": True}, "max_fraction": 1.0, "batch_size": 2}
 
 
-def _build(db: TestDatabase, short_upper: str = "2024-11-24 03:00:01") -> None:
+def _build(db: TestDatabase, short_upper: str = "2024-11-24 03:00:01",
+           extra: tuple[int, str] | None = None) -> None:
+    """The table of the module docstring; ``extra``: one more row (id, happened_at), not held."""
     bounds = [("p2022", "2023-01-01 00:00:00"), ("p2023", "2024-01-01 00:00:00"), ("pshort", short_upper)]
     with db.engine.begin() as conn:
         if db.name == "postgresql":
@@ -64,7 +66,7 @@ def _build(db: TestDatabase, short_upper: str = "2024-11-24 03:00:01") -> None:
                 "CREATE TABLE events (id BIGINT NOT NULL, happened_at DATETIME NOT NULL, "
                 "legal_hold BOOLEAN NOT NULL DEFAULT 0, body TEXT, PRIMARY KEY (id, happened_at)) "
                 f"PARTITION BY RANGE COLUMNS (happened_at) ({parts}, PARTITION pmax VALUES LESS THAN (MAXVALUE))")
-        for rows in ROWS.values():
+        for rows in [*ROWS.values(), [(*extra, 0)] if extra else []]:
             for id_, at, hold in rows:
                 conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold, body) VALUES (:i, :a, :h, 'x')"),
                              {"i": id_, "a": at, "h": bool(hold)})
@@ -132,10 +134,7 @@ def test_a_dropped_partitions_keys_are_logged_in_order_in_entries_of_the_set_siz
     from retention.engine import partitions
 
     monkeypatch.setattr(partitions, "KEYS_PER_ENTRY", 2)
-    _build(server_db)
-    with server_db.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold) VALUES (2, '2022-01-01 00:00:00', :f)"),
-                     {"f": False})
+    _build(server_db, extra=(2, "2022-01-01 00:00:00"))
     policy = _policy(server_db, tmp_path)
     result = run_cli(policy, as_of=AS_OF)
     assert result.exit_code == 0, result
@@ -240,10 +239,7 @@ def test_kill_around_a_partition_drop_is_recovered(server_db: TestDatabase, tmp_
 def test_a_key_shared_with_a_row_not_due_never_takes_that_row(server_db: TestDatabase, tmp_path: Path) -> None:
     """The key is unique only with `happened_at`: a due row and a later row with the same id.
     The batch deletes by key and due, so the later row stays (and is not in the log)."""
-    _build(server_db)
-    with server_db.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold) VALUES (7, '2026-02-01 00:00:00', :f)"),
-                     {"f": False})
+    _build(server_db, extra=(7, "2026-02-01 00:00:00"))
     policy = _policy(server_db, tmp_path)
     result = run_cli(policy, as_of=AS_OF)
     assert result.exit_code == 0, result
