@@ -426,12 +426,13 @@ class Executor:
             found = [r[0] for r in conn.execute(dialects.lock_rows(query, self.dialect))]
             if not found:
                 continue
-            # The link again: a key unique only with a partition column may name other rows too.
-            update = child.update().where(dialects.key_in(child_key, found, self.dialect), where)
+            # A key unique only with a partition column may name other rows too: test the link again.
+            scope = None if key_unique_alone(child, child_key) else where
+            update = child.update().where(dialects.key_in(child_key, found, self.dialect),
+                                          *([scope] if scope is not None else []))
             count = conn.execute(update.values({c: None for c in edge.child_cols})).rowcount
-            unique = key_unique_alone(child, child_key)
             entries.append(Entry("detach", found, list(edge.child_cols), count, {},
-                                 table=edge.child, key_column=child_key.name, scope=None if unique else where))
+                                 table=edge.child, key_column=child_key.name, scope=scope))
         return entries
 
     def _fake_columns(self) -> list[str]:
