@@ -202,3 +202,44 @@ def test_two_policies_with_the_same_hold_are_one_test_per_link(db: TestDatabase,
     batches = [s for s in statements if "ORDER BY tickets.id" in s and "legal_hold" in s]
     assert batches
     assert all(len(re.findall(r"FROM accounts AS", s)) == 1 for s in batches), batches
+
+
+def test_a_batch_repeats_its_key_bound_on_the_held_rows_pointing_at_it(db: TestDatabase, tmp_path: Path) -> None:
+    """Batches of two accounts, accounts 3 and 7 held through their tickets: 3 is the first key
+    after a batch's bound, 7 lies inside the next batch's walk. Each batch after the first tests
+    the tickets' hold with the bound repeated on `tickets.account_id` (a linked row equal to a key
+    past the bound is past it too: PostgreSQL then starts its walk of the tickets' index there,
+    not at its start in every batch), and exactly the due accounts are anonymised."""
+    md = sa.MetaData()
+    accounts, tickets = hold_tables(md)
+    accounts.append_column(sa.Column("name", sa.String(40)))
+    md.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": i, "left_at": OLD, "legal_hold": False, "name": f"n{i}"}
+                                         for i in range(1, 11)])
+        conn.execute(tickets.insert(), [
+            {"id": 103, "account_id": 3, "closed_at": OLD, "legal_hold": True},
+            {"id": 107, "account_id": 7, "closed_at": OLD, "legal_hold": True},
+            {"id": 105, "account_id": 5, "closed_at": OLD, "legal_hold": False},  # no hold: 5 goes
+        ])
+    anonymise = {**ACCOUNTS, "action": "anonymise", "fields": {"name": "null"}, "batch_size": 2,
+                 "keep": {"legal_hold": "the hold"}}
+    anonymise.pop("on_referenced")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [anonymise, TICKETS])
+    statements: list[str] = []
+
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
+    try:
+        run = run_cli(policy, "--force", "--policy", "accounts")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
+    assert run.exit_code == 0, run
+    assert (run.policy("accounts")["held"], run.policy("accounts")["applied"]) == (2, 8)
+    assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NULL") == {1, 2, 4, 5, 6, 8, 9, 10}
+    assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NOT NULL") == {3, 7}
+    batches = [s for s in statements if "ORDER BY accounts.id" in s and "FROM tickets AS" in s]
+    bounded = [s for s in batches if re.search(r"tickets_\d+\.account_id > ", s)]
+    assert len(batches) >= 4 and len(bounded) == len(batches) - 1, batches  # every batch but the first

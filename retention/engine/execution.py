@@ -265,7 +265,7 @@ class Executor:
         if last is not None:
             kill_point("batch")
         with self.engine.begin() as conn:
-            query = sa.select(key).where(plan.due(t))
+            query = sa.select(key).where(plan.due(t, past_key=last if chunk is None else None))
             if chunk is not None:
                 query = query.where(dialects.key_in(key, chunk, self.dialect))
                 if all(type(k) is int for k in (chunk[0], chunk[-1])):

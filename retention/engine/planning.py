@@ -186,10 +186,18 @@ class Plan:
             cond.append(self.pending(t))
         return sa.and_(*cond)
 
-    def _linked_hold(self, t: sa.FromClause, other: Policy, edge: Edge,
-                     columns: Sequence[str] | None = None, whole: bool = False) -> sa.ColumnElement[bool]:
+    def _linked_hold(self, t: sa.FromClause, other: Policy, edge: Edge, columns: Sequence[str] | None = None,
+                     whole: bool = False, past_key: Any = None) -> sa.ColumnElement[bool]:
         """A row of ``other``'s table linked to the row of ``t`` by ``edge`` is held by ``other``'s
         `exclude` (only the given columns of it, for the reasons). EXISTS: never unknown.
+
+        ``past_key``: a batch's keyset bound (the statement takes only rows whose key is greater).
+        Where the held rows point at our key, the bound is repeated on their column: a linked row
+        equal to a key past the bound is past it too, so the same rows are held. PostgreSQL does
+        not carry an inequality across an equality, and without it walked the linked table's
+        index from its start in every batch (a merge anti-join): the batches grew slower with
+        every key passed (10M accounts: ~2,000 rows a second by the end). Integer keys only, as
+        for the approved plans' chunks.
 
         ``whole``: for a statement that reads the whole range once (a count), not a batch. Where
         the database computes an uncorrelated ``IN (subquery)`` once per statement rather than
@@ -208,7 +216,10 @@ class Plan:
             (mine, theirs), = pairs
             listed = sa.select(h.c[theirs]).where(h.c[theirs].is_not(None), held)
             return sa.and_(t.c[mine].is_not(None), t.c[mine].in_(listed))
-        return sa.exists().where(*[h.c[theirs] == t.c[mine] for mine, theirs in pairs], held)
+        link = [h.c[theirs] == t.c[mine] for mine, theirs in pairs]
+        if type(past_key) is int and [mine for mine, _ in pairs] == [self.key.name]:
+            link.append(h.c[pairs[0][1]] > past_key)
+        return sa.exists().where(*link, held)
 
     def registry_hold(self, t: sa.FromClause) -> sa.ColumnElement[bool] | None:
         """Rows held by the hold registry: their own key is held, or (one link, either way) the
@@ -238,10 +249,11 @@ class Plan:
         own += [registry] if registry is not None else []
         return sa.or_(*own, *linked) if own or linked else sa.false()
 
-    def not_held(self, t: sa.FromClause, whole: bool = False) -> sa.ColumnElement[bool]:
-        """``whole``: see :meth:`_linked_hold` (only for statements that read the range once)."""
+    def not_held(self, t: sa.FromClause, whole: bool = False, past_key: Any = None) -> sa.ColumnElement[bool]:
+        """``whole``, ``past_key``: see :meth:`_linked_hold`."""
         own = [_differs(t, c, v) for c, v in self.policy.exclude.items()]
-        linked = [sa.not_(self._linked_hold(t, other, edge, whole=whole)) for other, edge in self.hold_links]
+        linked = [sa.not_(self._linked_hold(t, other, edge, whole=whole, past_key=past_key))
+                  for other, edge in self.hold_links]
         registry = self.registry_hold(t)
         own += [sa.not_(registry)] if registry is not None else []
         return sa.and_(*own, *linked) if own or linked else sa.true()
@@ -262,9 +274,10 @@ class Plan:
             reasons.setdefault(holds.REASON, []).append(registry)
         return {name: sa.or_(*conds) for name, conds in reasons.items()}
 
-    def due(self, t: sa.FromClause, whole: bool = False) -> sa.ColumnElement[bool]:
-        """``whole``: see :meth:`_linked_hold` (only for statements that read the range once)."""
-        return sa.and_(self.past_term(t), self.not_held(t, whole))
+    def due(self, t: sa.FromClause, whole: bool = False, past_key: Any = None) -> sa.ColumnElement[bool]:
+        """``whole`` (only for statements that read the range once), ``past_key`` (only for a
+        batch taking the keys after it): see :meth:`_linked_hold`."""
+        return sa.and_(self.past_term(t), self.not_held(t, whole, past_key))
 
     def due_whole(self, t: sa.FromClause) -> sa.ColumnElement[bool]:
         """:meth:`due` for a statement that reads the whole due range once (the counts)."""
@@ -662,7 +675,7 @@ class Plan:
         last: Any = None
         chunk = 100
         while len(found) < want:
-            query = sa.select(self.key).where(self.due(t))
+            query = sa.select(self.key).where(self.due(t, past_key=last))
             if last is not None:
                 query = query.where(self.key > last)
             keys = [r[0] for r in conn.execute(query.order_by(self.key).limit(chunk))]
