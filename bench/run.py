@@ -764,6 +764,7 @@ class Bench:
                     run = {"database": name, "accounts": accounts, "samples": {}, "info": {"error": str(exc)}}
                     if a.debug:
                         raise
+                run["commit"] = meta["commit"]  # with --resume, runs of one report can be of several commits
                 self.results["runs"] = [r for r in self.results["runs"]
                                         if (r["database"], r["accounts"]) != (name, accounts)] + [run]
                 meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -904,6 +905,17 @@ def machine_info() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "ram_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
             "kernel": platform.release(), "python": platform.python_version(), "sqlalchemy": sa.__version__,
             "commit": commit}
+
+
+def commits_text(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Which commit measured which runs (several after --resume)."""
+    by: dict[str, list[str]] = {}
+    for r in runs:
+        by.setdefault(r.get("commit") or str(meta.get("commit")), []).append(
+            f"{LABELS[r['database']]} {r['accounts']:,}")
+    if len(by) <= 1:
+        return f"commit {next(iter(by), meta.get('commit'))}"
+    return "; ".join(f"commit {c} ({', '.join(names)})" for c, names in by.items())
 
 
 def command_line() -> str:
@@ -1190,7 +1202,7 @@ def render(results: dict[str, Any]) -> str:
     w("```\n" + "\n".join(str(c) for c in commands) + "\n```\n")
     w(f"Machine: {meta.get('nproc')} cores ({meta.get('cpu')}), {meta.get('ram_gib')} GiB RAM, Linux "
       f"{meta.get('kernel')}; Python {meta.get('python')}, SQLAlchemy {meta.get('sqlalchemy')}; retention at "
-      f"commit {meta.get('commit')}. "
+      f"{commits_text(runs, meta)}. "
       + "; ".join(f"{LABELS[r['database']]}: {r['info'].get('version')}" for r in runs
                   if r["info"].get("version") and r["accounts"] == runs[0]["accounts"]) + ". "
       "Servers with their stock Debian settings (PostgreSQL shared_buffers 128 MB; MariaDB "
