@@ -488,3 +488,29 @@ def test_rows_referenced_through_a_cascade_table_are_measured(db: TestDatabase, 
     assert reid(result)["rows"] == len(referenced)
     assert ids(db.engine, f"SELECT id FROM customers WHERE name = '{REDACTED}'") == referenced
     assert ids(db.engine, "SELECT id FROM customers") == referenced
+
+
+def test_group_sizes_as_a_window_on_mariadb_give_the_group_by_numbers(db: TestDatabase, tmp_path: Path) -> None:
+    """MariaDB sizes each row's group with `count(*) OVER (PARTITION BY ...)` (its GROUP BY goes
+    through a temporary table on disk at a backlog's size); the other databases GROUP BY. Groups
+    of 3, 4 and 6 under a threshold of 5: k 3 and 7 rows below it, as plain SQL counts them, and
+    each form only where it belongs."""
+    create_shop(db.engine, [(1960, "1111")] * 3 + [(1970, "1234")] * 4 + [(1980, "5678")] * 6)
+    pf = write(tmp_path, db, customers_policy())
+    assert expected_k(db, 5) == (3, 7, 13)
+    statements: list[str] = []
+
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
+    try:
+        preview = run_cli(pf, "--dry-run", "--force")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
+    got = reid(preview)
+    assert (got["k"], got["below_k"], got["rows"], got["passed"]) == (3, 7, 13, False)
+    checks = [s for s in statements if "min(rt_" in s]
+    assert len(checks) == 1
+    assert ("OVER (PARTITION BY" in checks[0]) == (db.name == "mariadb")
+    assert ("GROUP BY" in checks[0]) == (db.name != "mariadb")

@@ -201,8 +201,8 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
 
     One statement: the rows with their quasi-identifiers and a flag per linking foreign key (an
     outer join to the keys of kept rows holding personal data), one GROUP BY over the
-    quasi-identifiers, and the sums over the groups (``k``, ``below_k``, ``rows``,
-    ``linkable`` and per table).
+    quasi-identifiers (on MariaDB each row's group size as a window, dialects.groups_by_window),
+    and the sums over the groups (``k``, ``below_k``, ``rows``, ``linkable`` and per table).
     """
     t = plan.table
     dialect = conn.dialect.name
@@ -229,19 +229,35 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
              .select_from(joined).where(member).subquery("rt_rows"))
     row_flags = [inner.c[f"rt_l{i}"] for i in range(len(flags))]
     linked = sa.case((sa.or_(*[f == 1 for f in row_flags]), one), else_=zero) if row_flags else zero
-    groups = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
-                        *[sa.func.sum(f).label(f"rt_s{i}") for i, f in enumerate(row_flags)])
-              .select_from(inner).group_by(*[inner.c[f"rt_q{i}"] for i in range(len(qis))])
-              .subquery("rt_groups"))
-    n = groups.c.n
     total = sa.func.coalesce
-    found = conn.execute(sa.select(
-        sa.func.min(n),
-        total(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
-        total(sa.func.sum(n), 0),
-        total(sa.func.sum(groups.c.l), 0),
-        *[total(sa.func.sum(groups.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
-    ).select_from(groups)).one()
+    qi_columns = [inner.c[f"rt_q{i}"] for i in range(len(qis))]
+    if dialects.groups_by_window(dialect):
+        # Each row with the size of its group: the same sums, taken over rows instead of groups.
+        rows_n = (sa.select(sa.func.count().over(partition_by=qi_columns).label("n"), linked.label("l"),
+                            *[f.label(f"rt_s{i}") for i, f in enumerate(row_flags)])
+                  .select_from(inner).subquery("rt_sized"))
+        n = rows_n.c.n
+        stmt = sa.select(
+            sa.func.min(n),
+            total(sa.func.sum(sa.case((n < threshold, one), else_=zero)), 0),
+            sa.func.count(),
+            total(sa.func.sum(rows_n.c.l), 0),
+            *[total(sa.func.sum(rows_n.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
+        ).select_from(rows_n)
+    else:
+        groups = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
+                            *[sa.func.sum(f).label(f"rt_s{i}") for i, f in enumerate(row_flags)])
+                  .select_from(inner).group_by(*qi_columns)
+                  .subquery("rt_groups"))
+        n = groups.c.n
+        stmt = sa.select(
+            sa.func.min(n),
+            total(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
+            total(sa.func.sum(n), 0),
+            total(sa.func.sum(groups.c.l), 0),
+            *[total(sa.func.sum(groups.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
+        ).select_from(groups)
+    found = conn.execute(stmt).one()
     k, below, rows, linkable = found[:4]
     per_table: dict[str, int] = {}
     for link, count in zip(links, found[4:], strict=True):

@@ -374,6 +374,16 @@ def joins_links(dialect: str) -> bool:
     return dialect == "postgresql"
 
 
+def groups_by_window(dialect: str) -> bool:
+    """Whether the re-identification check sizes each row's group of equal quasi-identifiers
+    with ``count(*) OVER (PARTITION BY ...)`` (a sort) rather than a GROUP BY. MariaDB groups
+    through a temporary table keyed on every quasi-identifier, which outgrows its 16 MB in
+    memory and moves to disk: 1M-account backlog, 346k anonymised rows each its own group,
+    12.4-13.2 s grouped against 5.0-5.5 s partitioned (same rows, same collation). PostgreSQL
+    (1.8-2.1 s either way) and SQLite (3.4-4.5 s either way) keep the GROUP BY."""
+    return dialect == "mysql"
+
+
 def joins_references(dialect: str) -> bool:
     """Whether the re-identification check finds a delete policy's still-referenced rows by
     outer-joining the distinct referenced keys rather than by an EXISTS per row and referencing
