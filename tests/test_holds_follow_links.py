@@ -243,3 +243,27 @@ def test_a_batch_repeats_its_key_bound_on_the_held_rows_pointing_at_it(db: TestD
     batches = [s for s in statements if "ORDER BY accounts.id" in s and "FROM tickets AS" in s]
     bounded = [s for s in batches if re.search(r"tickets_\d+\.account_id > ", s)]
     assert len(batches) >= 4 and len(bounded) == len(batches) - 1, batches  # every batch but the first
+
+
+def test_a_text_column_pointing_at_an_integer_key_gets_no_bound(sqlite_db: TestDatabase, tmp_path: Path) -> None:
+    """SQLite lets a TEXT column reference an integer key, and compares it with a number as text:
+    `'10' > 9` is false. The held ticket of account 10 must still hold it in the batch after key
+    9, so the bound is repeated only on integer columns."""
+    db = sqlite_db
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE accounts (id INTEGER PRIMARY KEY, left_at DATETIME, "
+                             "legal_hold BOOLEAN, name VARCHAR(40))")
+        conn.exec_driver_sql("CREATE TABLE tickets (id INTEGER PRIMARY KEY, account_id TEXT REFERENCES accounts (id), "
+                             "closed_at DATETIME, legal_hold BOOLEAN)")
+        for i in range(1, 13):
+            conn.exec_driver_sql("INSERT INTO accounts VALUES (?, ?, 0, ?)", (i, OLD.isoformat(" "), f"n{i}"))
+        conn.exec_driver_sql("INSERT INTO tickets VALUES (110, 10, ?, 1)", (OLD.isoformat(" "),))
+        assert conn.exec_driver_sql("SELECT typeof(account_id) FROM tickets").scalar_one() == "text"
+    anonymise = {**ACCOUNTS, "action": "anonymise", "fields": {"name": "null"}, "batch_size": 3,
+                 "keep": {"legal_hold": "the hold"}}
+    anonymise.pop("on_referenced")
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [anonymise, TICKETS])
+    run = run_cli(policy, "--force", "--policy", "accounts")
+    assert run.exit_code == 0, run
+    assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NOT NULL") == {10}
+    assert run.policy("accounts")["applied"] == 11
