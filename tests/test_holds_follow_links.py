@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from helpers import hold_tables, ids, run_cli, snapshot, write_policies
+from helpers import hold_tables, ids, run_cli, snapshot, statements, write_policies
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -139,17 +139,9 @@ def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDa
                                    "(SELECT 1 FROM tickets t WHERE t.account_id = a.id AND t.legal_hold = TRUE)")
     assert (held_tickets, held_accounts) == ({100, 200, 400}, {1, 2})  # the data is what it says
 
-    statements: list[str] = []
-
-    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
-    try:
+    with statements() as seen:
         preview = run_cli(policy, "--dry-run", "--force")
         run = run_cli(policy, "--force")
-    finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
     assert preview.exit_code == 0, preview
     assert run.exit_code == 0, run
     for result in (preview, run):
@@ -163,8 +155,8 @@ def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDa
 
     # Which form each statement used: the key list in counts on MariaDB only, never in a batch.
     listed = re.compile(r"IN \(SELECT \w+\.(account_id|id) FROM (tickets|accounts) AS \w+ WHERE \w+\.\1 IS NOT NULL")
-    counts = [s for s in statements if "sum(CASE" in s and "legal_hold" in s]
-    batches = [s for s in statements if "FOR UPDATE" in s and "legal_hold" in s]
+    counts = [s for s in seen if "sum(CASE" in s and "legal_hold" in s]
+    batches = [s for s in seen if "FOR UPDATE" in s and "legal_hold" in s]
     assert counts
     assert not any(listed.search(s) for s in batches)
     if db.name == "mariadb":
@@ -183,23 +175,15 @@ def test_two_policies_with_the_same_hold_are_one_test_per_link(db: TestDatabase,
     policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, again, TICKETS])
     held = ids(db.engine, "SELECT t.id FROM tickets t WHERE t.legal_hold = TRUE OR EXISTS "
                           "(SELECT 1 FROM accounts a WHERE a.id = t.account_id AND a.legal_hold = TRUE)")
-    statements: list[str] = []
-
-    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
-    try:
+    with statements() as seen:
         run = run_cli(policy, "--force", "--policy", "tickets")
-    finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
     assert run.exit_code == 0, run
     tickets = run.policy("tickets")
     assert (tickets["held"], tickets["applied"]) == (len(held), 6 - len(held))
     assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
     assert ids(db.engine, "SELECT id FROM tickets") == held
     # The batches' selection: the account's hold tested once per row.
-    batches = [s for s in statements if "ORDER BY tickets.id" in s and "legal_hold" in s]
+    batches = [s for s in seen if "ORDER BY tickets.id" in s and "legal_hold" in s]
     assert batches
     assert all(len(re.findall(r"FROM accounts AS", s)) == 1 for s in batches), batches
 
@@ -226,21 +210,13 @@ def test_a_batch_repeats_its_key_bound_on_the_held_rows_pointing_at_it(db: TestD
                  "keep": {"legal_hold": "the hold"}}
     anonymise.pop("on_referenced")
     policy = write_policies(tmp_path / "policies.yaml", db.url, [anonymise, TICKETS])
-    statements: list[str] = []
-
-    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
-    try:
+    with statements() as seen:
         run = run_cli(policy, "--force", "--policy", "accounts")
-    finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
     assert run.exit_code == 0, run
     assert (run.policy("accounts")["held"], run.policy("accounts")["applied"]) == (2, 8)
     assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NULL") == {1, 2, 4, 5, 6, 8, 9, 10}
     assert ids(db.engine, "SELECT id FROM accounts WHERE name IS NOT NULL") == {3, 7}
-    batches = [s for s in statements if "ORDER BY accounts.id" in s and "FROM tickets AS" in s]
+    batches = [s for s in seen if "ORDER BY accounts.id" in s and "FROM tickets AS" in s]
     bounded = [s for s in batches if re.search(r"tickets_\d+\.account_id > ", s)]
     assert len(batches) >= 4 and len(bounded) == len(batches) - 1, batches  # every batch but the first
 

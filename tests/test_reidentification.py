@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import audit_path, ids, invoke, run_cli, scalar, unchanged_witness, write_policies
+from helpers import audit_path, ids, invoke, run_cli, scalar, statements, unchanged_witness, write_policies
 
 from retention.audit import log as audit
 from retention.demo import build_demo
@@ -498,19 +498,11 @@ def test_group_sizes_as_a_window_on_mariadb_give_the_group_by_numbers(db: TestDa
     create_shop(db.engine, [(1960, "1111")] * 3 + [(1970, "1234")] * 4 + [(1980, "5678")] * 6)
     pf = write(tmp_path, db, customers_policy())
     assert expected_k(db, 5) == (3, 7, 13)
-    statements: list[str] = []
-
-    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    sa.event.listen(sa.Engine, "before_cursor_execute", _seen)
-    try:
+    with statements() as seen:
         preview = run_cli(pf, "--dry-run", "--force")
-    finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", _seen)
     got = reid(preview)
     assert (got["k"], got["below_k"], got["rows"], got["passed"]) == (3, 7, 13, False)
-    checks = [s for s in statements if "min(rt_" in s]
+    checks = [s for s in seen if "min(rt_" in s]
     assert len(checks) == 1
     assert ("OVER (PARTITION BY" in checks[0]) == (db.name == "mariadb")
     assert ("GROUP BY" in checks[0]) == (db.name != "mariadb")
