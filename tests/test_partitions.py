@@ -161,6 +161,31 @@ def test_reading_a_partitions_keys_leaves_the_session_as_it_was(db_factory: Any)
     assert before == after < 100_000 * 22
 
 
+def test_a_key_repeated_across_whole_pages_is_read_as_often_as_it_occurs(db_factory: Any) -> None:
+    """MariaDB walks the key page by page (`key >= last`, skipping the repeats already read):
+    id 5 three times in p2023 with two keys a page fills a whole page of its own and starts the
+    next; every row's key comes back once, in order, in pages of the set size."""
+    from retention.databases import dialects
+
+    db = db_factory("mariadb")
+    _build(db)
+    with db.engine.begin() as conn:
+        for at in ("2023-02-01 00:00:00", "2023-03-01 00:00:00"):
+            conn.execute(sa.text("INSERT INTO events (id, happened_at, legal_hold, body) VALUES (5, :a, 0, 'x')"),
+                         {"a": at})
+    table = sa.Table("events", sa.MetaData(), autoload_with=db.engine)
+    frm, finish = dialects.partition_rows(table, "p2023", "mysql")
+    with db.engine.connect() as conn:
+        plain = sorted(conn.exec_driver_sql("SELECT id FROM events PARTITION (p2023)").scalars())
+        query = finish(sa.select(frm.c.id).order_by(frm.c.id))
+        pages = {size: list(dialects.stream_keys(conn, query, size)) for size in (1, 2, 3, 100_000)}
+    assert plain == [4, 5, 5, 5, 6]
+    assert pages[2] == [[4, 5], [5, 5], [6]]
+    assert pages[1] == [[4], [5], [5], [5], [6]]
+    assert pages[3] == [[4, 5, 5], [5, 6]]
+    assert pages[100_000] == [plain]
+
+
 def test_partition_ending_exactly_at_the_cutoff_is_dropped(server_db: TestDatabase, tmp_path: Path) -> None:
     """The boundary: a partition whose upper bound is the cut-off itself is past its term."""
     _build(server_db, short_upper=CUT)

@@ -908,30 +908,44 @@ def stream_keys(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
 
 
 def _mysql_key_pages(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> Any:
-    """MariaDB, integer keys: the server numbers the rows in key order and hands them over as
-    one JSON array per page of ``chunk`` keys, which ``json.loads`` parses in C. PyMySQL decodes
+    """MariaDB, integer keys: each page of ``chunk`` keys as one JSON array, aggregated by the
+    server over the next keys in key order and parsed by ``json.loads`` in C. PyMySQL decodes
     every row in Python: 333k keys of a partition took 0.80 s row by row, 0.35-0.39 s in pages.
-    Every row is read, a key repeated in the partition (unique only with its `after`) too."""
+
+    The pages walk the key (``key >= last``), skipping the repeats of ``last`` the page before
+    already gave: every row is read once, a key repeated in the partition (unique only with
+    its `after`) as often as it occurs, even across a page boundary. Numbering the rows with
+    ``row_number()`` instead took 9.4 s for 3.3M keys (MariaDB's window sorts through a
+    temporary table); 34 such pages take ~3 s."""
     import json
 
-    import pymysql.cursors
-
     key = query.selected_columns[0]
-    numbered = query.order_by(None).add_columns((sa.func.row_number().over(order_by=key) - 1).label("rt_n"))
+    base = query.order_by(None)
     name = _quote_mysql(key.name)
-    sql = (f"SELECT JSON_ARRAYAGG(rt_k.{name} ORDER BY rt_k.{name}) "
-           f"FROM ({numbered.compile(dialect=conn.dialect, compile_kwargs={'literal_binds': True})}) AS rt_k "
-           f"GROUP BY rt_k.rt_n DIV {int(chunk)} ORDER BY rt_k.rt_n DIV {int(chunk)}")
     dbapi = conn.connection.dbapi_connection
-    cur = dbapi.cursor(pymysql.cursors.SSCursor)  # type: ignore[union-attr]
+    cur = dbapi.cursor()  # type: ignore[union-attr]  # one row per page: buffered
     # JSON_ARRAYAGG stops at group_concat_max_len (1 MB by default): a page of 100,000 keys of
-    # up to 20 digits needs ~2.1 MB. Raised for this statement only; a cut page would not parse.
+    # up to 20 digits needs ~2.1 MB. Raised for these statements only; a cut page would not parse.
     cur.execute("SET @rt_gcml = @@SESSION.group_concat_max_len, SESSION group_concat_max_len = %s",
                 (max(chunk * 22, 1 << 20),))
     try:
-        cur.execute(sql)
-        while rows := cur.fetchmany(1):
-            yield json.loads(rows[0][0])
+        last, repeats = None, 0
+        while True:
+            page = base if last is None else base.where(key >= last)
+            page = page.order_by(key).limit(chunk).offset(repeats)
+            inner = page.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            cur.execute(f"SELECT JSON_ARRAYAGG(rt_k.{name} ORDER BY rt_k.{name}) FROM ({inner}) AS rt_k")
+            (text,) = cur.fetchone()
+            keys = json.loads(text) if text is not None else []
+            if keys:
+                yield keys
+            if len(keys) < chunk:
+                return
+            tail = keys[-1]
+            trailing = len(keys) - next(i for i in range(len(keys) - 1, -1, -1) if keys[i] != tail) - 1 \
+                if keys[0] != tail else len(keys)
+            repeats = trailing + (repeats if tail == last else 0)
+            last = tail
     finally:
         cur.close()
         restore = dbapi.cursor()  # type: ignore[union-attr]
