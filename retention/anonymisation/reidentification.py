@@ -232,31 +232,24 @@ def measure(conn: sa.Connection, plan: Plan, plans: Sequence[Plan], personal: Pe
     total = sa.func.coalesce
     qi_columns = [inner.c[f"rt_q{i}"] for i in range(len(qis))]
     if dialects.groups_by_window(dialect):
-        # Each row with the size of its group: the same sums, taken over rows instead of groups.
-        rows_n = (sa.select(sa.func.count().over(partition_by=qi_columns).label("n"), linked.label("l"),
-                            *[f.label(f"rt_s{i}") for i, f in enumerate(row_flags)])
-                  .select_from(inner).subquery("rt_sized"))
-        n = rows_n.c.n
-        stmt = sa.select(
-            sa.func.min(n),
-            total(sa.func.sum(sa.case((n < threshold, one), else_=zero)), 0),
-            sa.func.count(),
-            total(sa.func.sum(rows_n.c.l), 0),
-            *[total(sa.func.sum(rows_n.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
-        ).select_from(rows_n)
+        # Each row with the size of its group: the sums below weigh every row once.
+        sized = (sa.select(sa.func.count().over(partition_by=qi_columns).label("n"), linked.label("l"),
+                           *[f.label(f"rt_s{i}") for i, f in enumerate(row_flags)])
+                 .select_from(inner).subquery("rt_sized"))
+        weight: sa.ColumnElement[Any] = one
     else:
-        groups = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
-                            *[sa.func.sum(f).label(f"rt_s{i}") for i, f in enumerate(row_flags)])
-                  .select_from(inner).group_by(*qi_columns)
-                  .subquery("rt_groups"))
-        n = groups.c.n
-        stmt = sa.select(
-            sa.func.min(n),
-            total(sa.func.sum(sa.case((n < threshold, n), else_=0)), 0),
-            total(sa.func.sum(n), 0),
-            total(sa.func.sum(groups.c.l), 0),
-            *[total(sa.func.sum(groups.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
-        ).select_from(groups)
+        sized = (sa.select(sa.func.count().label("n"), sa.func.sum(linked).label("l"),
+                           *[sa.func.sum(f).label(f"rt_s{i}") for i, f in enumerate(row_flags)])
+                 .select_from(inner).group_by(*qi_columns).subquery("rt_groups"))
+        weight = sized.c.n  # a group stands for its rows
+    n = sized.c.n
+    stmt = sa.select(
+        sa.func.min(n),
+        total(sa.func.sum(sa.case((n < threshold, weight), else_=zero)), 0),
+        total(sa.func.sum(weight), 0),
+        total(sa.func.sum(sized.c.l), 0),
+        *[total(sa.func.sum(sized.c[f"rt_s{i}"]), 0) for i in range(len(flags))],
+    ).select_from(sized)
     found = conn.execute(stmt).one()
     k, below, rows, linkable = found[:4]
     per_table: dict[str, int] = {}
