@@ -916,7 +916,7 @@ def _mysql_key_pages(conn: sa.Connection, query: sa.Select[Any], chunk: int) -> 
     already gave: every row is read once, a key repeated in the partition (unique only with
     its `after`) as often as it occurs, even across a page boundary. Numbering the rows with
     ``row_number()`` instead took 9.4 s for 3.3M keys (MariaDB's window sorts through a
-    temporary table); 34 such pages take ~3 s."""
+    temporary table); 34 such pages took 3.4-4.8 s."""
     import bisect
     import json
 
