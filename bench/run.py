@@ -744,7 +744,7 @@ class Bench:
                     retention_cmd=" ".join(self.retention),
                     started=meta.get("started") or dt.datetime.now().astimezone().isoformat(timespec="seconds"))
         # A database/size that failed (no samples) is measured again by --resume.
-        done = {(r["database"], r["accounts"]) for r in self.results["runs"] if r["samples"]}
+        done = {(r["database"], r["accounts"]) for r in self.results["runs"] if r["samples"] and not a.redo}
         for accounts in a.accounts:
             log(f"== {accounts:,} accounts: SQLite demo source")
             src, build_s = ensure_sqlite_source(self.work, accounts, today, self.retention, a.rebuild)
@@ -1482,6 +1482,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="rebuild the demo sources even when cached")
     ap.add_argument("--resume", action="store_true",
                     help="keep database/size pairs already in --results and measure only the missing ones")
+    ap.add_argument("--redo", action="store_true",
+                    help="with --resume: measure the given databases and sizes again, replacing their earlier "
+                         "results (the others are kept)")
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from --results and stop")
     ap.add_argument("--keep", action="store_true", help="keep per-repetition policy files and audit logs")
     ap.add_argument("--debug", action="store_true")
