@@ -59,8 +59,9 @@ CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S, STATEMENT_TIMEOUT_S = 10.0, 300.0, 4 * 3600.0
 # A statement's answer may take as long as the server lets it run; the socket waits that plus this.
 _READ_MARGIN_S = 60.0
 # SQLite's page cache per writing connection. Its default (2 MB) is less than the index pages a
-# batch deleting thousands of rows with their cascade touches: they are evicted (dirty ones written
-# out before the commit) and read back within the batch or by the next. 32 MiB: the bench's
+# batch deleting thousands of rows with their cascade dirties: SQLite spills them to the file
+# before the commit and reads them back within the batch or in the next. (cache_spill=OFF avoids
+# that too, but then the cache grows with the transaction, unbounded.) 32 MiB: the bench's
 # correspondence delete 7.0-8.4 s -> 6.2-6.9 s at 1M accounts, 168 s -> 145 s at 10M
 # (bench/HOTSPOTS.md round 9), for ~35 MB more peak memory; 64 MiB gained nothing more, and
 # anonymising (rows updated in place) and previews (reads) gained nothing.
