@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-import pytest
 import sqlalchemy as sa
 from helpers import (
     POLICY_KEYS,
@@ -508,9 +507,3 @@ def test_declared_foreign_key_without_violations_deletes_every_due_row(
         assert ids(engine, "SELECT id FROM bills") == {10, 11}
     finally:
         engine.dispose()
-
-
-@pytest.fixture(autouse=True)
-def _no_policies_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RETENTION_POLICIES", raising=False)
-    monkeypatch.delenv("RETENTION_AUDIT_KEY", raising=False)
