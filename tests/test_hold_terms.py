@@ -1,8 +1,10 @@
 """The count's hold terms: a row is held when any hold says so (its own flag, a linked row's
 flag, the registry), counted once in `held` and once per reason; two policies on one table with
 the same `exclude` hold through one condition. PostgreSQL counts them from a fenced subquery
-of per-row flags (dialects.flags_rows_apart); every database must agree with plain SQL, at the
-term's boundary too (a row at the cut-off is due, one a second later is not counted at all).
+of per-row flags (dialects.flags_rows_apart), MariaDB from the rows grouped by their flags
+(dialects.tallies_by_groups); every database must agree with plain SQL, at the term's boundary
+too (a row at the cut-off is due, one a second later is not counted at all), and a held row
+whose date is unreadable is counted as unreadable, not as held.
 """
 
 from __future__ import annotations
@@ -112,9 +114,58 @@ def test_held_and_due_counts_agree_with_plain_sql(db: TestDatabase, tmp_path: Pa
         assert {k: tickets[k] for k in expected} == expected, result
     assert run.policy("tickets")["deleted"] == len(due_ids)
     assert ids(db.engine, "SELECT id FROM tickets") == set(TICKET_ROWS) - due_ids
+    if db.name == "mariadb":
+        assert any("GROUP BY 1" in s for s in statements), "the grouped count did not run"
     if db.name == "postgresql":
         # The flags were counted apart, each hold condition once: one EXISTS into accounts for
         # the flag of both accounts policies, one for the registry.
         fenced = [s for s in statements if "OFFSET 0" in s]
         assert fenced, "the fenced count did not run"
         assert all(s.count("FROM accounts") == 2 for s in fenced), fenced
+
+
+# A stored value that is not a date, per database (as in tests/test_unreadable_dates.py).
+NOT_A_DATE = {"sqlite": "''", "mariadb": "'0000-00-00 00:00:00'", "postgresql": "'-infinity'"}
+
+
+def test_a_held_row_whose_date_is_unreadable_is_counted_as_unreadable(db: TestDatabase, tmp_path: Path) -> None:
+    """Held and unreadable, by its own flag or through its account: kept, and counted once, as
+    unreadable; the hold reasons count only the readable held rows."""
+    md = sa.MetaData()
+    hold_tables(md)
+    md.create_all(db.engine)
+    bad = NOT_A_DATE[db.name]
+    old = "'2019-05-01 12:00:00'"
+    with db.engine.begin() as conn:
+        if db.name == "mariadb":
+            conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ALLOW_INVALID_DATES')")
+        conn.exec_driver_sql("INSERT INTO accounts (id, left_at, legal_hold) VALUES "
+                             f"(1, {old}, {_true(db)}), (2, {old}, {_false(db)})")
+        conn.exec_driver_sql("INSERT INTO tickets (id, account_id, closed_at, legal_hold) VALUES "
+                             f"(10, 2, {old}, {_false(db)}), "   # due
+                             f"(11, 2, {old}, {_true(db)}), "    # held itself
+                             f"(12, 1, {old}, {_false(db)}), "   # held through its account
+                             f"(13, 2, {bad}, {_true(db)}), "    # held itself, not a date
+                             f"(14, 1, {bad}, {_false(db)}), "   # held through its account, not a date
+                             f"(15, 2, {bad}, {_false(db)})")    # not held, not a date
+    with db.engine.connect() as conn:  # plain SQL: the rows are what the comments say
+        held = conn.exec_driver_sql(
+            f"SELECT t.id FROM tickets t WHERE t.legal_hold = {_true(db)} OR EXISTS (SELECT 1 FROM accounts a "
+            f"WHERE a.id = t.account_id AND a.legal_hold = {_true(db)})").scalars().all()
+    assert sorted(held) == [11, 12, 13, 14]
+    policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS_A, TICKETS])
+    for args in (("--dry-run",), ()):
+        result = run_cli(policy, "--policy", "tickets", *args)
+        assert result.exit_code == 0, result
+        tickets = result.policy("tickets")
+        assert (tickets["due"], tickets["held"], tickets["unreadable"]) == (1, 2, 3), result
+        assert tickets["held_reasons"] == {"tickets.legal_hold": 1, "accounts.legal_hold": 1}
+    assert ids(db.engine, "SELECT id FROM tickets") == {11, 12, 13, 14, 15}
+
+
+def _true(db: TestDatabase) -> str:
+    return "1" if db.name != "postgresql" else "TRUE"
+
+
+def _false(db: TestDatabase) -> str:
+    return "0" if db.name != "postgresql" else "FALSE"

@@ -104,8 +104,9 @@ def test_a_hold_of_a_policy_not_selected_still_holds(db: TestDatabase, tmp_path:
 
 
 def _boundary_schema(engine: sa.Engine) -> None:
-    """Rows at every edge of a linked hold: NULL flags, NULL links, and a held ticket with no
-    account (a NULL among the held tickets' accounts must hold no account)."""
+    """Rows at every edge of a linked hold: NULL flags, NULL links, a held ticket with no
+    account (a NULL among the held tickets' accounts must hold no account), and an account held
+    through two tickets (counted once)."""
     md = sa.MetaData()
     accounts, tickets = hold_tables(md)
     md.create_all(engine)
@@ -119,6 +120,7 @@ def _boundary_schema(engine: sa.Engine) -> None:
         conn.execute(tickets.insert(), [
             {"id": 100, "account_id": 1, "closed_at": OLD, "legal_hold": False},    # its account is held
             {"id": 200, "account_id": 2, "closed_at": OLD, "legal_hold": True},     # held itself
+            {"id": 201, "account_id": 2, "closed_at": OLD, "legal_hold": True},     # a second held one: one hold
             {"id": 300, "account_id": 3, "closed_at": OLD, "legal_hold": False},    # goes
             {"id": 301, "account_id": 3, "closed_at": OLD, "legal_hold": None},     # goes
             {"id": 400, "account_id": None, "closed_at": OLD, "legal_hold": True},  # held, links nothing
@@ -128,16 +130,17 @@ def _boundary_schema(engine: sa.Engine) -> None:
 
 def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDatabase, tmp_path: Path) -> None:
     """The counts read the whole range once; on MariaDB they test a linked hold as a list of the
-    held rows' keys (`IN (SELECT ...)`, computed once per statement), the batches as an EXISTS
-    per row (a list would be computed again for every batch). Both must keep exactly the rows
-    plain SQL says are held."""
+    held rows' keys (`IN (SELECT ...)`, computed once per statement; the tally groups the rows
+    by their hold conditions), the batches as an EXISTS per row (a list would be computed again
+    for every batch). All must keep exactly the rows plain SQL says are held, and count each
+    once."""
     _boundary_schema(db.engine)
     policy = write_policies(tmp_path / "policies.yaml", db.url, [ACCOUNTS, TICKETS])
     held_tickets = ids(db.engine, "SELECT t.id FROM tickets t WHERE t.legal_hold = TRUE OR EXISTS "
                                   "(SELECT 1 FROM accounts a WHERE a.id = t.account_id AND a.legal_hold = TRUE)")
     held_accounts = ids(db.engine, "SELECT a.id FROM accounts a WHERE a.legal_hold = TRUE OR EXISTS "
                                    "(SELECT 1 FROM tickets t WHERE t.account_id = a.id AND t.legal_hold = TRUE)")
-    assert (held_tickets, held_accounts) == ({100, 200, 400}, {1, 2})  # the data is what it says
+    assert (held_tickets, held_accounts) == ({100, 200, 201, 400}, {1, 2})  # the data is what it says
 
     with statements() as seen:
         preview = run_cli(policy, "--dry-run", "--force")
@@ -146,8 +149,8 @@ def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDa
     assert run.exit_code == 0, run
     for result in (preview, run):
         tickets, accounts = result.policy("tickets"), result.policy("accounts")
-        assert (tickets["held"], tickets["due"]) == (len(held_tickets), 6 - len(held_tickets))
-        assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
+        assert (tickets["held"], tickets["due"]) == (len(held_tickets), 7 - len(held_tickets))
+        assert tickets["held_reasons"] == {"tickets.legal_hold": 3, "accounts.legal_hold": 1}
         assert (accounts["held"], accounts["due"]) == (len(held_accounts), 4 - len(held_accounts))
         assert accounts["held_reasons"] == {"accounts.legal_hold": 1, "tickets.legal_hold": 1}
     assert ids(db.engine, "SELECT id FROM tickets") == held_tickets
@@ -155,13 +158,14 @@ def test_linked_holds_in_the_counts_match_plain_sql_at_their_boundary(db: TestDa
 
     # Which form each statement used: the key list in counts on MariaDB only, never in a batch.
     listed = re.compile(r"IN \(SELECT \w+\.(account_id|id) FROM (tickets|accounts) AS \w+ WHERE \w+\.\1 IS NOT NULL")
-    counts = [s for s in seen if "sum(CASE" in s and "legal_hold" in s]
+    counts = [s for s in seen if ("sum(CASE" in s or "GROUP BY" in s) and "legal_hold" in s]
     batches = [s for s in seen if "FOR UPDATE" in s and "legal_hold" in s]
     assert counts
     assert not any(listed.search(s) for s in batches)
     if db.name == "mariadb":
         assert batches and all("EXISTS" in s for s in batches)
         assert all(listed.search(s) for s in counts), counts
+        assert any("GROUP BY" in s for s in counts), counts
     else:
         assert not any(listed.search(s) for s in counts), counts
 
@@ -179,8 +183,8 @@ def test_two_policies_with_the_same_hold_are_one_test_per_link(db: TestDatabase,
         run = run_cli(policy, "--force", "--policy", "tickets")
     assert run.exit_code == 0, run
     tickets = run.policy("tickets")
-    assert (tickets["held"], tickets["applied"]) == (len(held), 6 - len(held))
-    assert tickets["held_reasons"] == {"tickets.legal_hold": 2, "accounts.legal_hold": 1}
+    assert (tickets["held"], tickets["applied"]) == (len(held), 7 - len(held))
+    assert tickets["held_reasons"] == {"tickets.legal_hold": 3, "accounts.legal_hold": 1}
     assert ids(db.engine, "SELECT id FROM tickets") == held
     # The batches' selection: the account's hold tested once per row.
     batches = [s for s in seen if "ORDER BY tickets.id" in s and "legal_hold" in s]

@@ -387,6 +387,18 @@ def flags_rows_apart(dialect: str) -> bool:
     return dialect == "postgresql"
 
 
+def tallies_by_groups(dialect: str) -> bool:
+    """Whether a count that sums per-row hold conditions (a hold over a foreign key among them)
+    groups the rows by the conditions instead, and sums the few groups in Python.
+
+    MariaDB evaluates a condition again in every sum that names it: the correspondence tally at
+    1M accounts looked up each of 367k due tickets' accounts three times (1.6 s); grouped by
+    the conditions, once (1.0 s); the accounts tally 0.92 -> 0.73 s, invoices' unchanged
+    (bench/HOTSPOTS.md round 10). A fenced subquery, as on PostgreSQL, is written to a
+    temporary table row by row (round 9); the groups are at most a few dozen rows."""
+    return dialect == "mysql"
+
+
 def computes_cte_once(dialect: str) -> bool:
     """Whether a CTE read twice in one statement is computed once. MariaDB treats a CTE like a
     derived table per reference: the preview's held-back keys (1M-account backlog, 4.3 s) were
