@@ -78,8 +78,8 @@ def switch_off(variant: str) -> None:
         planning.Plan.held_match = lambda self, t, *a, **kw: sa.false()  # type: ignore[method-assign]
         planning.Plan.not_held = lambda self, t, *a, **kw: sa.true()  # type: ignore[method-assign]
         planning.Plan.hold_reasons = lambda self, t, *a, **kw: {}  # type: ignore[method-assign]
-        # PostgreSQL's count tallies each hold condition apart (Plan._tally_flags): none either.
-        planning.Plan._hold_terms = lambda self, t: []  # type: ignore[method-assign]
+        # PostgreSQL and MariaDB tally each hold condition apart (Plan._tally_flags, _tally_grouped): none.
+        planning.Plan._hold_terms = lambda self, t, *a, **kw: []  # type: ignore[method-assign]
         holds.active_keys = lambda engine, today: {}  # type: ignore[assignment]
         holds.record_expiries = lambda *args, **kwargs: {}  # type: ignore[assignment]
 
