@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import sqlalchemy as sa
-from helpers import AS_OF, audit_path, invoke, rows_by_id, run_cli, snapshot, unchanged_witness, write_policies
+from helpers import (
+    AS_OF,
+    audit_path,
+    invoke,
+    rows_by_id,
+    run_cli,
+    snapshot,
+    statements,
+    unchanged_witness,
+    write_policies,
+)
+
+from retention.databases import dialects
 
 if TYPE_CHECKING:
     from conftest import TestDatabase
@@ -276,3 +290,42 @@ def test_typed_fakes_and_a_text_key_are_written_in_one_bulk_update(db: TestDatab
             assert row["note"] == "[verwijderd]", row
         else:
             assert row == before[code]
+
+
+def test_mariadb_writes_a_batchs_fakes_in_chunks_of_rows(db_factory: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """MariaDB's per-row values go through JSON_TABLE in chunks (dialects.MYSQL_JSON_ROWS, 5,000:
+    a whole batch's rows would spill to an on-disk temporary table). With chunks of 3, a batch of
+    10 rows is four UPDATEs in one transaction, one audit entry of 10 keys, and every row is
+    changed exactly once: the batch self-check would stop a chunk that missed or repeated rows."""
+    db = db_factory("mariadb")
+    monkeypatch.setattr(dialects, "MYSQL_JSON_ROWS", 3)
+    md = sa.MetaData()
+    users = sa.Table(
+        "users", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(255), nullable=False),
+        sa.Column("street", sa.String(100), nullable=True),
+        sa.Column("left_at", sa.DateTime, nullable=True),
+    )
+    md.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(users.insert(), [
+            {"id": i, "email": f"user{i}@old.example", "street": f"Straat {i}",
+             "left_at": dt.datetime(2020 if i <= 10 else 2026, 1, 1)}
+            for i in range(1, 13)
+        ])
+    pf = write_policies(tmp_path / "policies.yaml", db.url, [people_policy(
+        name="users", table="users", fields={"email": "fake.email", "street": "redact"}, batch_size=10,
+    )])
+    with statements() as seen:
+        result = run_cli(pf)
+    assert result.exit_code == 0, result
+    assert result.policy("users")["applied"] == 10
+    assert sum(1 for s in seen if s.startswith("UPDATE users") and "JSON_TABLE" in s) == 4
+    with db.engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT id, email FROM users")).all())
+    assert [i for i, e in rows.items() if e.endswith("@old.example")] == [11, 12]
+    entries = [json.loads(line) for line in audit_path(pf).read_text().splitlines()]
+    batches = [e for e in entries if e["event"] == "batch"]
+    assert [sorted(e["keys"]) for e in batches] == [list(range(1, 11))]

@@ -476,6 +476,13 @@ def generalise(col: sa.ColumnElement[Any], grain: str, dialect: str, step: int =
     return sa.cast(sa.func.date_format(col, pattern), sa.DateTime if is_datetime else sa.Date)
 
 
+# Rows of per-row values per UPDATE on MariaDB: JSON_TABLE's rows go through a temporary table
+# of fixed-width rows (~1.8 KB for three names and an e-mail address), which past the session's
+# 16 MB `tmp_table_size` moves to disk. 45,000 accounts in one statement took 13 µs a row,
+# 5,000 8 µs (bench/HOTSPOTS.md round 10); the batch stays one transaction and one audit entry.
+MYSQL_JSON_ROWS = 5_000
+
+
 def bulk_update(
     conn: sa.Connection,
     table: sa.Table,
@@ -521,21 +528,26 @@ def bulk_update(
         )
         return int(conn.execute(stmt).rowcount)
     if dialect == "mysql" and _has_json_table(conn):
-        # As on PostgreSQL: the batch as one JSON text, joined through JSON_TABLE (MariaDB 10.6,
+        # As on PostgreSQL: the rows as one JSON text, joined through JSON_TABLE (MariaDB 10.6,
         # MySQL 8); PyMySQL escapes one string instead of every value of a multi-row INSERT.
         type_sql = [col.type.compile(dialect=conn.dialect) for col in (key, *[table.c[n] for n in names])]
         prep = conn.dialect.identifier_preparer
         columns = ", ".join(f"{prep.quote(n)} {t} PATH '$[{i}]'" for i, (n, t) in enumerate(zip(
             ["rt_key", *names], type_sql, strict=True)))
-        payload = _json_rows(keys, [values[n] for n in names])
         src = (
             sa.text(f"SELECT * FROM JSON_TABLE(:rt_rows, '$[*]' COLUMNS ({columns})) AS rt_jt")
-            .bindparams(sa.bindparam("rt_rows", payload, type_=sa.Text))
+            .bindparams(sa.bindparam("rt_rows", type_=sa.Text))
             .columns(sa.column("rt_key", key.type), *[sa.column(n, table.c[n].type) for n in names])
             .subquery("rt_src")
         )
         joined = table.update().where(key == src.c.rt_key).values({**{n: src.c[n] for n in names}, **constants})
-        return int(conn.execute(joined).rowcount)
+        changed = 0
+        # MYSQL_JSON_ROWS rows per statement, all in the batch's transaction (see the constant).
+        for start in range(0, len(keys), MYSQL_JSON_ROWS):
+            payload = _json_rows(keys[start:start + MYSQL_JSON_ROWS],
+                                 [values[n][start:start + MYSQL_JSON_ROWS] for n in names])
+            changed += int(conn.execute(joined, {"rt_rows": payload}).rowcount)
+        return changed
     if dialect == "mysql":
         # executemany of UPDATEs is ~40x slower on MariaDB than a temp table joined once.
         tmp = sa.Table(
