@@ -516,9 +516,10 @@ class Plan:
         dialect = conn.dialect.name
         grouped = dialects.tallies_by_groups(dialect)
         terms = self._hold_terms(t, whole=True) if dialects.flags_rows_apart(dialect) or grouped else []
-        if any(not is_own for _r, _c, is_own in terms) and grouped:
+        linked = any(not is_own for _r, _c, is_own in terms)
+        if linked and grouped:
             row = self._tally_grouped(conn, t, terms, readable, len(reasons) > 1)
-        elif any(not is_own for _r, _c, is_own in terms):
+        elif linked:
             row = conn.execute(self._tally_flags(t, terms, readable, len(reasons) > 1)).one()
         else:
             row = conn.execute(
@@ -641,9 +642,7 @@ class Plan:
 
         held = any_of(list(range(len(terms))))
         bad, ok = rows.c.rt_bad == one, rows.c.rt_ok == one
-        by_reason: dict[str, list[int]] = {}
-        for i, (reason, _c, _o) in enumerate(terms):
-            by_reason.setdefault(reason, []).append(i)
+        by_reason = _terms_by_reason(terms)
         return sa.select(sa.func.count(), tally(held), tally(bad), tally(sa.and_(held, bad)),
                          *([tally(sa.and_(any_of(ix), ok)) for ix in by_reason.values()] if per_reason else [])
                          ).select_from(rows)
@@ -661,9 +660,7 @@ class Plan:
         # By position: a label could name a column of the table, which MariaDB would group by.
         stmt = (sa.select(*flags, sa.func.count()).select_from(t).where(self.past_term(t, readable=False))
                 .group_by(*[sa.literal_column(str(i + 1)) for i in range(len(flags))]))
-        by_reason: dict[str, list[int]] = {}
-        for i, (reason, _c, _o) in enumerate(terms):
-            by_reason.setdefault(reason, []).append(i)
+        by_reason = _terms_by_reason(terms)
         in_range = held = bad = held_bad = 0
         per = dict.fromkeys(by_reason, 0)
         for *found, n in conn.execute(stmt):
@@ -753,6 +750,14 @@ class Counts:
     # on_referenced: detach: kept rows whose foreign key is set to NULL, per "table.column".
     detached: int = 0
     detached_columns: dict[str, int] = field(default_factory=dict)
+
+
+def _terms_by_reason(terms: list[tuple[str, sa.ColumnElement[bool], bool]]) -> dict[str, list[int]]:
+    """Per hold reason, the positions of its conditions among :meth:`Plan._hold_terms`' terms."""
+    by_reason: dict[str, list[int]] = {}
+    for i, (reason, _c, _o) in enumerate(terms):
+        by_reason.setdefault(reason, []).append(i)
+    return by_reason
 
 
 def _jsonable(value: Any) -> Any:
